@@ -1,0 +1,235 @@
+"""Configuration of the numerical-Transformer family (one config, the scheme is a typed field).
+
+A model is a LLaMA decoder (Transformer++: RMSNorm, RoPE, SwiGLU, grouped-query attention) whose layers are combined
+by a *numerical scheme* (docs/architecture.md):
+
+==================  =====================================================  ==========================
+scheme ``name``     what it computes                                       paper
+==================  =====================================================  ==========================
+``euler``           ``y_{n+1} = y_n + F_n(y_n)``                           Eq. 1, Fig. 1a
+``dlcl``            layer input = learnable combination of the history     Fig. 1b (Wang et al. 2019)
+``iiet``            Euler initial value + ``r`` implicit-Euler corrections   Eq. 8-11, Alg. 1, Fig. 1d
+                    (``iteration_plan``: ``r`` per layer = E-IIET, §4.1)
+``pcformer``        RK predictor (EMA coefficient) + multistep corrector   Eq. 5-6, Fig. 1c
+``weight_shared``   each layer applied ``repeats`` times (Trans WS)        §3.5, Table 2
+==================  =====================================================  ==========================
+
+The scheme is stored in ``config.scheme`` as a plain dict (``{"name": "iiet", "num_iterations": 3}``) so that the
+config stays JSON; ``config.scheme_config`` returns the validated dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from transformers import LlamaConfig
+
+from iiet.errors import IIETError
+
+HISTORY_READINGS = ("residual", "normalized")
+
+
+class SchemeConfigError(IIETError):
+    """A scheme value the model cannot be built with; the message says how to fix it."""
+
+
+@dataclass
+class SchemeConfig:
+    """Base of the typed scheme parameters."""
+
+    name: ClassVar[str] = ""
+
+    def passes_per_layer(self, num_layers: int) -> list[int]:
+        """Block evaluations of each layer (each one owns a KV-cache slot)."""
+        return [1] * num_layers
+
+    def validate(self, num_layers: int) -> None:
+        """Raise ``SchemeConfigError`` on values the model cannot be built with."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+
+@dataclass
+class EulerScheme(SchemeConfig):
+    """Transformer++: the standard residual connection, one explicit Euler step per layer (Eq. 1)."""
+
+    name: ClassVar[str] = "euler"
+
+
+@dataclass
+class DLCLScheme(SchemeConfig):
+    """Dynamic linear combination of layers: each layer reads a learnable combination of all earlier outputs.
+
+    Attributes:
+        history: how the layer history is stored and its weights initialised. ``"residual"``: entries are the raw
+            embedding and each layer's increment ``F``, weights start at 1 (so the model starts as Transformer++
+            exactly). ``"normalized"``: entries are LayerNorm'd full layer outputs, weights start as row averages
+            (the reading of the public PCformer LM code).
+    """
+
+    name: ClassVar[str] = "dlcl"
+    history: Literal["residual", "normalized"] = "residual"
+
+    def validate(self, num_layers: int) -> None:
+        if self.history not in HISTORY_READINGS:
+            raise SchemeConfigError(
+                f"scheme.history={self.history!r} is not one of {HISTORY_READINGS}; pick one of them."
+            )
+
+
+@dataclass
+class ImplicitEulerScheme(DLCLScheme):
+    """IIET: explicit-Euler initial value, then fixed-point implicit-Euler corrections (Eq. 8-11, Algorithm 1).
+
+    Attributes:
+        num_iterations: corrections ``r`` per layer (the paper's best is 3; ``r = 0`` is DLCL).
+        iteration_plan: corrections per layer (E-IIET, §4.1); overrides ``num_iterations`` when given. All zeros
+            is the paper's "Lower Bound".
+        adaptive_tolerance: inference only. When set, a token stops correcting at a layer once ``1 - cos`` between
+            successive iterates falls below it (docs/adaptive.md). ``None`` (default) always runs the plan.
+    """
+
+    name: ClassVar[str] = "iiet"
+    num_iterations: int = 3
+    iteration_plan: list[int] | None = None
+    adaptive_tolerance: float | None = None
+
+    def corrections(self, num_layers: int) -> list[int]:
+        if self.iteration_plan is not None:
+            return list(self.iteration_plan)
+        return [self.num_iterations] * num_layers
+
+    def passes_per_layer(self, num_layers: int) -> list[int]:
+        return [1 + r for r in self.corrections(num_layers)]
+
+    def validate(self, num_layers: int) -> None:
+        super().validate(num_layers)
+        if not isinstance(self.num_iterations, int) or self.num_iterations < 0:
+            raise SchemeConfigError(
+                f"scheme.num_iterations={self.num_iterations!r} must be an integer >= 0 (0 = DLCL)."
+            )
+        if self.iteration_plan is not None:
+            plan = self.iteration_plan
+            if len(plan) != num_layers:
+                raise SchemeConfigError(
+                    f"scheme.iteration_plan has {len(plan)} entries but the model has {num_layers} layers; "
+                    "give one number of corrections per layer."
+                )
+            if any(not isinstance(r, int) or r < 0 for r in plan):
+                raise SchemeConfigError(
+                    f"scheme.iteration_plan={plan} must hold integers >= 0 (corrections per layer)."
+                )
+        if self.adaptive_tolerance is not None and not self.adaptive_tolerance >= 0:
+            raise SchemeConfigError(
+                f"scheme.adaptive_tolerance={self.adaptive_tolerance!r} must be >= 0 (or null to switch it off)."
+            )
+
+
+@dataclass
+class PredictorCorrectorScheme(DLCLScheme):
+    """PCformer: Runge-Kutta predictor with an EMA coefficient, linear-multistep corrector (Eq. 5-6).
+
+    Attributes:
+        order: predictor order, 2 (the paper's) or 4.
+        coefficient: the EMA coefficient ``gamma``: one scalar for the whole model (``"shared"``, as in the public
+            code) or one per layer (``"per_layer"``). Initialised to 0.5.
+    """
+
+    name: ClassVar[str] = "pcformer"
+    order: Literal[2, 4] = 2
+    coefficient: Literal["shared", "per_layer"] = "shared"
+
+    def passes_per_layer(self, num_layers: int) -> list[int]:
+        return [self.order + 1] * num_layers
+
+    def validate(self, num_layers: int) -> None:
+        super().validate(num_layers)
+        if self.order not in (2, 4):
+            raise SchemeConfigError(f"scheme.order={self.order!r}: the predictor supports order 2 or 4.")
+        if self.coefficient not in ("shared", "per_layer"):
+            raise SchemeConfigError(
+                f"scheme.coefficient={self.coefficient!r} must be 'shared' or 'per_layer'."
+            )
+
+
+@dataclass
+class WeightSharedScheme(SchemeConfig):
+    """Trans WS: every layer is applied ``repeats`` times in a row, ``y <- y + F_n(y)`` (a looped layer, §3.5).
+
+    Attributes:
+        repeats: applications per layer ``k``; same FLOPs as IIET with ``r = k - 1``; ``k = 1`` is Transformer++.
+    """
+
+    name: ClassVar[str] = "weight_shared"
+    repeats: int = 4
+
+    def passes_per_layer(self, num_layers: int) -> list[int]:
+        return [self.repeats] * num_layers
+
+    def validate(self, num_layers: int) -> None:
+        if not isinstance(self.repeats, int) or self.repeats < 1:
+            raise SchemeConfigError(f"scheme.repeats={self.repeats!r} must be an integer >= 1.")
+
+
+SCHEMES: dict[str, type[SchemeConfig]] = {
+    cls.name: cls
+    for cls in (EulerScheme, DLCLScheme, ImplicitEulerScheme, PredictorCorrectorScheme, WeightSharedScheme)
+}
+
+
+def parse_scheme(value: str | dict[str, Any] | SchemeConfig | None) -> SchemeConfig:
+    """Turn ``"iiet"``, ``{"name": "iiet", "num_iterations": 3}`` or a ``SchemeConfig`` into a ``SchemeConfig``."""
+    if value is None:
+        return EulerScheme()
+    if isinstance(value, SchemeConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise SchemeConfigError(f"scheme must be a name or a dict with a 'name' key, got {value!r}.")
+    params = dict(value)
+    name = params.pop("name", None)
+    if name not in SCHEMES:
+        raise SchemeConfigError(f"unknown scheme {name!r}; choose one of {sorted(SCHEMES)}.")
+    cls = SCHEMES[name]
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise SchemeConfigError(
+            f"scheme {name!r} has no parameter(s) {unknown}; its parameters are {sorted(known)}."
+        )
+    return cls(**params)
+
+
+class IIETConfig(LlamaConfig):
+    """LLaMA hyper-parameters plus ``scheme``, the numerical scheme that combines the layers.
+
+    Args:
+        scheme: the scheme name or a dict ``{"name": ..., **parameters}`` (see ``SCHEMES``); default ``"euler"``.
+        Every other argument is ``transformers.LlamaConfig``'s.
+    """
+
+    model_type = "iiet"
+    scheme: dict | str | None = None
+
+    def __post_init__(self, **kwargs):
+        self.scheme = parse_scheme(self.scheme).to_dict()
+        super().__post_init__(**kwargs)
+        self.scheme_config.validate(self.num_hidden_layers)
+
+    @property
+    def scheme_config(self) -> SchemeConfig:
+        """The validated, typed scheme (parsed from ``self.scheme``)."""
+        return parse_scheme(self.scheme)
+
+    @property
+    def passes_per_layer(self) -> list[int]:
+        return self.scheme_config.passes_per_layer(self.num_hidden_layers)
+
+    @property
+    def num_block_evaluations(self) -> int:
+        """Block evaluations per token (= KV-cache slots): ``num_hidden_layers`` for Transformer++."""
+        return sum(self.passes_per_layer)

@@ -1,0 +1,206 @@
+"""The numerical-Transformer model: embeddings -> scheme over shared LLaMA blocks -> RMSNorm -> LM head.
+
+``IIETModel`` owns the blocks and hands the scheme an ``evaluate(n, i, x)`` function; the scheme decides how the
+updates combine (``schemes.py``). Block evaluation ``i`` of layer ``n`` owns KV-cache slot ``offset[n] + i``, so the
+cache has one slot per block evaluation, handed out in evaluation order, and cached decoding equals the full forward
+for every scheme and iteration plan (tests/test_cache.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import accumulate
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_iiet import IIETConfig
+from .layers import AttentionContext, DecoderBlock, RMSNorm, rotary_cos_sin
+from .schemes import LayerHistory, PredictorCorrector, build_scheme
+
+
+@dataclass
+class IIETModelOutput(BaseModelOutputWithPast):
+    """``BaseModelOutputWithPast`` (normed final states) plus ``iterations`` (see ``IIETOutput``)."""
+
+    iterations: tuple[tuple[torch.Tensor, ...], ...] | None = None
+
+
+@dataclass
+class IIETOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus, on request, every iterate of every layer.
+
+    ``iterations[n]`` is ``[layer input, iterate 0, ..., iterate r_n]`` for layer ``n`` (``output_iterations=True``);
+    ``hidden_states`` (``output_hidden_states=True``) is ``(embedding, output of layer 0, ..., output of layer L-1)``,
+    before the final norm.
+    """
+
+    iterations: tuple[tuple[torch.Tensor, ...], ...] | None = None
+
+
+class IIETPreTrainedModel(PreTrainedModel):
+    config_class = IIETConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DecoderBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)  # Linear, Embedding, RMSNorm, LayerNorm
+        if isinstance(module, LayerHistory):
+            init.copy_(module.weights, module.initial_weights())
+        elif isinstance(module, PredictorCorrector):
+            init.constant_(module.gamma, 0.5)
+
+
+def _ensure_slots(cache: Cache, num_slots: int) -> None:
+    """Grow an HF cache to one entry per block evaluation (``generate()`` builds one per layer)."""
+    while len(cache.layers) < num_slots:
+        cache.layers.append(DynamicLayer())
+
+
+class IIETModel(IIETPreTrainedModel):
+    def __init__(self, config: IIETConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_hidden_layers))
+        self.scheme = build_scheme(config)
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        passes = config.passes_per_layer
+        self.slot_offsets = [0, *accumulate(passes)][:-1]  # first cache slot of each layer
+        self.num_slots = sum(passes)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_iterations: bool = False,
+        **kwargs,
+    ) -> IIETModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T, _ = h.shape
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None and not self.training:
+            past_key_values = DynamicCache()
+        if not use_cache:
+            past_key_values = None
+        if isinstance(past_key_values, DynamicCache):
+            _ensure_slots(past_key_values, self.num_slots)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] != past + T:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[1]} positions; expected past + new = {past + T}"
+            )
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.dim() == 2:
+                # Left padding: a row's positions count its real tokens only (as HF LLaMA's generate does).
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            else:
+                position_ids = torch.arange(past, past + T, device=h.device).unsqueeze(0).expand(B, T)
+        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_parameters["rope_theta"], h.dtype)
+        mask, is_causal = self._attention_mask(attention_mask, B, T, past, h.device)
+        ctx = AttentionContext(cos, sin, mask, is_causal, past_key_values)
+
+        def evaluate(n: int, i: int, x: torch.Tensor) -> torch.Tensor:
+            return self.layers[n](x, ctx, self.slot_offsets[n] + i)
+
+        trace = [] if (output_iterations or output_hidden_states) else None
+        h = self.scheme(h, evaluate, trace)
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = (trace[0][0], *(states[-1] for states in trace))
+        return IIETModelOutput(
+            last_hidden_state=self.norm(h),
+            past_key_values=past_key_values,
+            hidden_states=hidden_states,
+            iterations=tuple(tuple(states) for states in trace) if output_iterations else None,
+        )
+
+    @staticmethod
+    def _attention_mask(
+        attention_mask: torch.Tensor | None, B: int, T: int, past: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, bool]:
+        """A boolean (B, 1, T, past + T) mask, or ``None`` with SDPA's own causal flag when no mask is needed."""
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if not padded:
+            if past == 0:
+                return None, T > 1  # plain causal: SDPA can use its flash/efficient kernels
+            if T == 1:
+                return None, False  # one new token sees the whole cache
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return attention_mask.bool(), False
+        S = past + T
+        query_pos = torch.arange(past, S, device=device)[:, None]
+        mask = (torch.arange(S, device=device)[None, :] <= query_pos)[None, None]  # (1, 1, T, S)
+        if attention_mask is not None:
+            mask = mask & attention_mask.bool()[:, None, None, :]
+        # A query that may see nothing (a left-padding position) would give NaN; let it see everything. Its output
+        # is never used, and real tokens never attend to it.
+        return mask | ~mask.any(-1, keepdim=True), False
+
+
+class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: IIETConfig):
+        super().__init__(config)
+        self.model = IIETModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_iterations: bool = False,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> IIETOutput:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_iterations=output_iterations,
+        )
+        h = out.last_hidden_state
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        logits = self.lm_head(h)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return IIETOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            iterations=out.iterations,
+        )
+
+    def num_block_evaluations(self) -> int:
+        """Block evaluations per token (= KV-cache slots per token)."""
+        return self.model.num_slots

@@ -1,0 +1,212 @@
+"""Numerical schemes: how the layers' block updates ``F_n`` combine into the residual stream.
+
+Every scheme is an ``nn.Module`` with one interface::
+
+    scheme(h0, evaluate, trace) -> final hidden state (before the final norm)
+
+``h0`` is the token embedding, ``evaluate(n, i, x)`` runs block ``n`` on ``x`` as its ``i``-th evaluation in this
+layer (the model maps ``(n, i)`` to a KV-cache slot), and ``trace`` is ``None`` or a list to which the scheme appends,
+per layer, the states ``[layer input, iterate 0, iterate 1, ...]`` (read by influence analysis and distillation).
+
+Equations as implemented (docs/architecture.md has the full derivation and the mapping to the paper):
+
+* Euler (Eq. 1):            ``y_{n+1} = y_n + F_n(y_n)``
+* DLCL (Fig. 1b):           ``x_n = sum_{j<=n} W[n, j] e_j``, ``e_0 = h0``, ``e_{n+1} = store(x_n, F_n(x_n))``
+* IIET (Eq. 8-11, Alg. 1):  ``f^0 = F_n(x_n)``; ``y^i = sum_{j<=n} W[n+1, j] e_j + W[n+1, n+1] store(x_n, f^i)``;
+                            ``f^{i+1} = F_n(y^i)``; output ``y^r``. With ``W = 1`` (residual reading):
+                            ``y^i = x_n + F_n(y^{i-1})``, the fixed-point iteration of implicit Euler (Eq. 9).
+* PCformer (Eq. 5-6):       ``y_p = x_n + sum_k gamma (1-gamma)^{o-k} F_k``; corrector ``e_{n+1} = store(x_n, F_n(y_p))``
+* Trans WS (§3.5):          ``y <- y + F_n(y)``, ``repeats`` times per layer (a looped layer).
+
+``store`` is the history reading: ``"residual"`` keeps the increment ``f`` (weights start at 1: Euler exactly);
+``"normalized"`` keeps ``LayerNorm_n(x_n + f)`` (weights start as row averages: the public PCformer LM code).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .configuration_iiet import (
+    DLCLScheme,
+    EulerScheme,
+    IIETConfig,
+    ImplicitEulerScheme,
+    PredictorCorrectorScheme,
+    SchemeConfig,
+    WeightSharedScheme,
+)
+
+Evaluate = Callable[[int, int, torch.Tensor], torch.Tensor]
+Trace = list | None
+
+
+class LayerHistory(nn.Module):
+    """The DLCL layer history: entries ``e_0..e_n`` and a learnable lower-triangular weight matrix ``W``.
+
+    Written once and shared by DLCL, IIET and PCformer. Row ``n`` of ``W`` (``n + 1`` entries) is the input of
+    layer ``n``; row ``L`` feeds the final norm.
+    """
+
+    def __init__(self, num_layers: int, hidden_size: int, reading: str, eps: float = 1e-5):
+        super().__init__()
+        self.reading = reading
+        self.weights = nn.Parameter(torch.empty(num_layers + 1, num_layers + 1))
+        # One LayerNorm per stored layer output (the embedding, entry 0, is stored raw), as in the public code.
+        self.norms = (
+            nn.ModuleList(nn.LayerNorm(hidden_size, eps=eps) for _ in range(num_layers))
+            if reading == "normalized"
+            else None
+        )
+        self.reset_weights()
+
+    def initial_weights(self) -> torch.Tensor:
+        n = self.weights.shape[0]
+        w = torch.tril(torch.ones(n, n))
+        if self.reading == "normalized":
+            w = w / w.sum(dim=1, keepdim=True)  # row i averages its i + 1 entries
+        return w
+
+    @torch.no_grad()
+    def reset_weights(self) -> None:
+        self.weights.copy_(self.initial_weights())
+
+    def store(self, n: int, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """The history entry of layer ``n`` for input ``x`` and block update ``f`` (fixed base ``x``)."""
+        if self.norms is None:
+            return f
+        return self.norms[n](x + f)
+
+    def combine(self, entries: list[torch.Tensor], row: int) -> torch.Tensor:
+        """``sum_j W[row, j] * entries[j]`` over the ``row + 1`` entries."""
+        w = self.weights[row, : len(entries)].to(entries[0].dtype)
+        out = entries[0] * w[0]
+        for j in range(1, len(entries)):
+            out = out + entries[j] * w[j]
+        return out
+
+
+class Euler(nn.Module):
+    """Transformer++: ``y_{n+1} = y_n + F_n(y_n)``."""
+
+    def __init__(self, config: IIETConfig, scheme: EulerScheme):
+        super().__init__()
+        self.num_layers = config.num_hidden_layers
+
+    def forward(self, h: torch.Tensor, evaluate: Evaluate, trace: Trace = None) -> torch.Tensor:
+        for n in range(self.num_layers):
+            y = h + evaluate(n, 0, h)
+            if trace is not None:
+                trace.append([h, y])
+            h = y
+        return h
+
+
+class WeightShared(nn.Module):
+    """Trans WS: each layer applied ``repeats`` times in a row, ``y <- y + F_n(y)`` (a looped layer)."""
+
+    def __init__(self, config: IIETConfig, scheme: WeightSharedScheme):
+        super().__init__()
+        self.num_layers = config.num_hidden_layers
+        self.repeats = scheme.repeats
+
+    def forward(self, h: torch.Tensor, evaluate: Evaluate, trace: Trace = None) -> torch.Tensor:
+        for n in range(self.num_layers):
+            states = [h]
+            for i in range(self.repeats):
+                h = h + evaluate(n, i, h)
+                states.append(h)
+            if trace is not None:
+                trace.append(states)
+        return h
+
+
+class ImplicitEuler(nn.Module):
+    """IIET / E-IIET / DLCL: explicit-Euler initial value plus ``r_n`` fixed-point implicit-Euler corrections.
+
+    With ``r_n = 0`` everywhere this is DLCL; ``DLCLScheme`` builds this module with a plan of zeros.
+    """
+
+    def __init__(self, config: IIETConfig, scheme: DLCLScheme):
+        super().__init__()
+        L = config.num_hidden_layers
+        self.history = LayerHistory(L, config.hidden_size, scheme.history)
+        self.corrections = scheme.corrections(L) if isinstance(scheme, ImplicitEulerScheme) else [0] * L
+        self.adaptive_tolerance = getattr(scheme, "adaptive_tolerance", None)
+
+    def forward(self, h: torch.Tensor, evaluate: Evaluate, trace: Trace = None) -> torch.Tensor:
+        entries = [h]
+        x = self.history.combine(entries, 0)
+        for n, r in enumerate(self.corrections):
+            f = evaluate(n, 0, x)  # initial value f^0 = F_n(x_n)       (Eq. 10 / Alg. 1 line 2)
+            entries.append(self.history.store(n, x, f))
+            y = self.history.combine(entries, n + 1)  # y^0              (Eq. 11 with i = 0)
+            states = [x, y]
+            for i in range(1, r + 1):
+                f = evaluate(n, i, y)  # f^i = F_n(y^{i-1})                (Alg. 1 line 5)
+                entries[-1] = self.history.store(n, x, f)  # replace, never append (Alg. 1 line 6)
+                y = self.history.combine(entries, n + 1)  # y^i           (Eq. 11)
+                states.append(y)
+            if trace is not None:
+                trace.append(states)
+            x = y  # row n + 1 of W is both layer n's output and layer n + 1's input
+        return x
+
+
+class PredictorCorrector(nn.Module):
+    """PCformer: RK predictor with EMA coefficient ``gamma``, then a linear-multistep corrector (Eq. 5-6).
+
+    Order 2: ``F_1 = F(x)``, ``F_2 = F(x + F_1)``, ``y_p = x + gamma (1-gamma) F_1 + gamma F_2``.
+    Order 4: stage inputs ``x + F_1/2``, ``x + F_2/2``, ``x + F_3`` (classical RK4) with EMA weights
+    ``gamma (1-gamma)^{4-k}``. Corrector: ``e_{n+1} = store(x, F(y_p))`` and the output is row ``n + 1`` of the history.
+    """
+
+    STAGE_SCALES = {2: (1.0,), 4: (0.5, 0.5, 1.0)}
+
+    def __init__(self, config: IIETConfig, scheme: PredictorCorrectorScheme):
+        super().__init__()
+        L = config.num_hidden_layers
+        self.order = scheme.order
+        self.history = LayerHistory(L, config.hidden_size, scheme.history)
+        self.gamma = nn.Parameter(torch.empty(L if scheme.coefficient == "per_layer" else 1))
+        self.reset_gamma()
+
+    @torch.no_grad()
+    def reset_gamma(self) -> None:
+        self.gamma.fill_(0.5)
+
+    def forward(self, h: torch.Tensor, evaluate: Evaluate, trace: Trace = None) -> torch.Tensor:
+        entries = [h]
+        x = self.history.combine(entries, 0)
+        for n in range(self.history.weights.shape[0] - 1):
+            g = self.gamma[n if self.gamma.numel() > 1 else 0].to(h.dtype)
+            stages = [evaluate(n, 0, x)]
+            for k, scale in enumerate(self.STAGE_SCALES[self.order], start=1):
+                stages.append(evaluate(n, k, x + scale * stages[-1]))
+            y_p = x
+            for k, stage in enumerate(stages, start=1):
+                y_p = y_p + g * (1 - g) ** (self.order - k) * stage
+            f = evaluate(n, self.order, y_p)
+            entries.append(self.history.store(n, x, f))
+            y = self.history.combine(entries, n + 1)
+            if trace is not None:
+                trace.append([x, y_p, y])
+            x = y
+        return x
+
+
+SCHEME_MODULES: dict[type[SchemeConfig], type[nn.Module]] = {
+    EulerScheme: Euler,
+    DLCLScheme: ImplicitEuler,  # DLCL is IIET with zero corrections
+    ImplicitEulerScheme: ImplicitEuler,
+    PredictorCorrectorScheme: PredictorCorrector,
+    WeightSharedScheme: WeightShared,
+}
+
+
+def build_scheme(config: IIETConfig) -> nn.Module:
+    """The scheme module for ``config.scheme``."""
+    scheme: SchemeConfig = config.scheme_config
+    return SCHEME_MODULES[type(scheme)](config, scheme)
