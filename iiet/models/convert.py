@@ -1,0 +1,71 @@
+"""Upcycling: start an IIET / DLCL / PCformer / Trans WS model from a LLaMA checkpoint's weights.
+
+The block parameters keep their HF LLaMA names, so a ``LlamaForCausalLM`` state dict loads unchanged; only the
+scheme's own parameters (history weights, LayerNorms, EMA coefficient) are new and start at their initial values.
+With the residual history reading those start as the identity combination, so IIET with ``r = 0`` (DLCL) of a
+converted LLaMA computes exactly the LLaMA; with ``r > 0`` it starts as the fixed-point iteration
+``y = y_n + F_n(y)`` of the LLaMA's own layers, ready for continued pretraining.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from iiet.errors import IIETError
+
+from .configuration_iiet import IIETConfig, parse_scheme
+from .modeling_iiet import IIETForCausalLM
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def config_from_llama(llama_config, scheme: str | dict[str, Any]) -> IIETConfig:
+    """An ``IIETConfig`` with a LLaMA config's hyper-parameters and the given scheme."""
+    values = llama_config.to_dict()
+    for key in ("model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype"):
+        values.pop(key, None)
+    return IIETConfig(**values, scheme=parse_scheme(scheme).to_dict())
+
+
+def upcycle_llama(llama, scheme: str | dict[str, Any]) -> IIETForCausalLM:
+    """Build an ``IIETForCausalLM`` with ``scheme`` from an in-memory ``LlamaForCausalLM``."""
+    model = IIETForCausalLM(config_from_llama(llama.config, scheme))
+    result = model.load_state_dict(llama.state_dict(), strict=False)
+    unexpected = [k for k in result.unexpected_keys if "rotary_emb" not in k]
+    missing = [k for k in result.missing_keys if not k.startswith("model.scheme.")]
+    if unexpected or missing:
+        raise IIETError(
+            f"the LLaMA weights do not fit this config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "is it a plain LlamaForCausalLM checkpoint?"
+        )
+    return model
+
+
+def upcycle(llama_dir: str, output_dir: str, scheme: dict[str, Any] | str = "iiet") -> None:
+    """Convert a LLaMA checkpoint directory into a numerical-Transformer checkpoint that starts from its weights.
+
+    Args:
+        llama_dir: a directory saved by ``LlamaForCausalLM.save_pretrained`` (config + safetensors; a tokenizer in it
+            is copied along).
+        output_dir: where to write the converted checkpoint (must not exist yet or be empty).
+        scheme: the target scheme, e.g. ``iiet`` or ``{"name": "iiet", "num_iterations": 3}`` (default r = 3).
+    """
+    from transformers import LlamaForCausalLM
+
+    src, dst = Path(llama_dir), Path(output_dir)
+    if not (src / "config.json").is_file():
+        raise IIETError(f"{src} has no config.json; point llama_dir at a LlamaForCausalLM.save_pretrained directory.")
+    if dst.exists() and any(dst.iterdir()):
+        raise IIETError(f"{dst} is not empty; choose a new output_dir so nothing is overwritten.")
+    try:
+        llama = LlamaForCausalLM.from_pretrained(src)
+    except Exception as error:  # noqa: BLE001 - any load failure is reported as bad input
+        raise IIETError(f"could not load the LLaMA checkpoint in {src} ({error}); is it complete?") from error
+    model = upcycle_llama(llama, scheme)
+    model.save_pretrained(dst)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    print(f"wrote {dst} ({model.config.scheme}, {model.num_block_evaluations()} block evaluations per token)")

@@ -1,0 +1,185 @@
+"""The model family: LLaMA parity, exact reductions between schemes, gradients, save/load, presets, bad configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from iiet import IIETConfig, IIETForCausalLM
+from iiet.errors import IIETError
+from iiet.models.convert import upcycle, upcycle_llama
+from iiet.models.costs import parameter_count
+from iiet.models.presets import PRESETS, build_config
+
+from .conftest import TINY, tiny_model
+
+
+def _llama(seed=0):
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**TINY)).eval()
+
+
+def _ids(B=2, T=10, seed=1):
+    return torch.randint(1, TINY["vocab_size"], (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def test_euler_equals_hf_llama_on_the_same_weights():
+    llama = _llama()
+    model = IIETForCausalLM(IIETConfig(**TINY)).eval()
+    model.load_state_dict(llama.state_dict(), strict=True)  # LLaMA names, unchanged
+    x = _ids()
+    torch.testing.assert_close(model(x).logits, llama(x).logits, atol=1e-5, rtol=0)
+
+
+def test_upcycled_llama_with_zero_corrections_equals_the_llama_and_corrections_change_it():
+    llama = _llama()
+    x = _ids()
+    exact = upcycle_llama(llama, {"name": "iiet", "num_iterations": 0}).eval()
+    torch.testing.assert_close(exact(x).logits, llama(x).logits, atol=1e-5, rtol=0)
+    iterated = upcycle_llama(llama, {"name": "iiet", "num_iterations": 2}).eval()
+    assert (iterated(x).logits - llama(x).logits).abs().max() > 1e-3
+
+
+def test_upcycle_command_writes_a_loadable_checkpoint(tmp_path):
+    _llama().save_pretrained(tmp_path / "llama")
+    upcycle(str(tmp_path / "llama"), str(tmp_path / "iiet"), {"name": "iiet", "num_iterations": 1})
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "iiet")
+    assert isinstance(model, IIETForCausalLM) and model.num_block_evaluations() == 2 * TINY["num_hidden_layers"]
+    with pytest.raises(IIETError, match="not empty"):
+        upcycle(str(tmp_path / "llama"), str(tmp_path / "iiet"), "iiet")
+
+
+@pytest.mark.parametrize("reading", ["residual", "normalized"])
+def test_iiet_with_zero_iterations_equals_dlcl(reading):
+    x = _ids()
+    dlcl = tiny_model({"name": "dlcl", "history": reading})
+    iiet = tiny_model({"name": "iiet", "num_iterations": 0, "history": reading}, perturb=False)
+    iiet.load_state_dict(dlcl.state_dict(), strict=True)
+    torch.testing.assert_close(iiet(x).logits, dlcl(x).logits, atol=0, rtol=0)
+
+
+def test_dlcl_with_residual_initialisation_equals_euler():
+    x = _ids()
+    euler = tiny_model("euler", perturb=False)
+    dlcl = tiny_model("dlcl", perturb=False)  # all-ones lower-triangular weights
+    dlcl.load_state_dict(euler.state_dict(), strict=False)
+    torch.testing.assert_close(dlcl(x).logits, euler(x).logits, atol=1e-5, rtol=0)
+
+
+def test_weight_sharing_with_one_repeat_equals_euler():
+    x = _ids()
+    euler = tiny_model("euler", perturb=False)
+    ws = tiny_model({"name": "weight_shared", "repeats": 1}, perturb=False)
+    ws.load_state_dict(euler.state_dict(), strict=True)
+    torch.testing.assert_close(ws(x).logits, euler(x).logits, atol=0, rtol=0)
+
+
+def test_iiet_corrections_are_implicit_euler_fixed_point_iterations():
+    """Residual reading at initialisation: y^i = x + F(y^{i-1}) with a fixed base x (Eq. 9), not y <- y + F(y)."""
+    model = tiny_model({"name": "iiet", "num_iterations": 3}, perturb=False)
+    x = _ids()
+    out = model(x, output_iterations=True)
+    block0 = model.model.layers[0]
+    states = out.iterations[0]  # [input, y^0, y^1, y^2, y^3]
+    assert len(states) == 5
+    # Re-run block 0 by hand with a causal context: y^i - x must equal F(y^{i-1}).
+    from iiet.models.layers import AttentionContext, rotary_cos_sin
+
+    pos = torch.arange(x.shape[1])[None].expand(x.shape[0], -1)
+    cos, sin = rotary_cos_sin(pos, model.config.head_dim, 10000.0, torch.float32)
+    ctx = AttentionContext(cos, sin, None, True, None)
+    base = states[0]
+    for i in range(1, 4):
+        expected = base + block0(states[i], ctx, 0)
+        torch.testing.assert_close(states[i + 1], expected, atol=1e-5, rtol=0)
+
+
+def test_iterations_and_hidden_states_are_returned_on_request(scheme):
+    model = tiny_model(scheme)
+    out = model(_ids(), output_iterations=True, output_hidden_states=True)
+    passes = model.config.passes_per_layer
+    assert len(out.iterations) == TINY["num_hidden_layers"]
+    assert len(out.hidden_states) == TINY["num_hidden_layers"] + 1
+    for n, states in enumerate(out.iterations):
+        if scheme["name"] in ("iiet", "dlcl", "weight_shared", "euler"):
+            assert len(states) == passes[n] + 1  # input + one state per block evaluation
+        torch.testing.assert_close(out.hidden_states[n + 1], states[-1])
+
+
+def test_gradients_are_finite_and_reach_every_parameter(scheme):
+    model = tiny_model(scheme).train()
+    x = _ids()
+    model(x, labels=x).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"no gradient reaches {name}"
+        assert torch.isfinite(p.grad).all(), name
+        if name.endswith("history.weights"):
+            # only the lower triangle is used; it must all receive gradient
+            assert (torch.tril(p.grad) != 0).sum() == torch.tril(torch.ones_like(p)).sum(), name
+        else:
+            assert p.grad.abs().sum() > 0, f"zero gradient at {name}"
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x = _ids()
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model({"name": "iiet", "num_iterations": 2}).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(x, labels=x).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_save_and_load_through_auto_classes(tmp_path, scheme):
+    model = tiny_model(scheme)
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, IIETConfig) and config.scheme_config == model.config.scheme_config
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, IIETForCausalLM)
+    x = _ids()
+    torch.testing.assert_close(loaded(x).logits, model(x).logits, atol=0, rtol=0)
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "scheme, message",
+    [
+        ({"name": "iiet", "num_iterations": -1}, "num_iterations"),
+        ({"name": "iiet", "iteration_plan": [1, 2]}, "3 layers"),
+        ({"name": "iiet", "iteration_plan": [1, -2, 0]}, "integers >= 0"),
+        ({"name": "rk9"}, "unknown scheme"),
+        ({"name": "iiet", "num_iteration": 2}, "no parameter"),
+        ({"name": "dlcl", "history": "layernorm"}, "history"),
+        ({"name": "pcformer", "order": 3}, "order"),
+        ({"name": "weight_shared", "repeats": 0}, "repeats"),
+        ({"name": "iiet", "adaptive_tolerance": -0.1}, "adaptive_tolerance"),
+    ],
+)
+def test_bad_scheme_values_fail_at_construction(scheme, message):
+    with pytest.raises(IIETError, match=message):
+        IIETConfig(**TINY, scheme=scheme)
+
+
+def test_bad_preset_and_key_are_clear_errors():
+    with pytest.raises(IIETError, match="unknown preset"):
+        build_config("13B")
+    with pytest.raises(IIETError, match="unknown model config key"):
+        build_config("tiny", hiden_size=5)
+
+
+@pytest.mark.parametrize("preset, expected", [("55M", 55e6), ("340M", 340e6), ("740M", 740e6)])
+def test_paper_presets_have_their_named_size(preset, expected):
+    for scheme in ("euler", {"name": "iiet", "num_iterations": 3}, "pcformer"):
+        count = parameter_count(build_config(preset, scheme))
+        assert abs(count - expected) / expected < 0.10, (preset, scheme, count)
+
+
+def test_every_preset_builds_with_every_scheme():
+    for preset in PRESETS:
+        config = build_config(preset, {"name": "iiet", "num_iterations": 3})
+        assert config.num_block_evaluations == 4 * config.num_hidden_layers
