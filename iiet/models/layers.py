@@ -81,12 +81,18 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
 
+    def project_kv(self, x: torch.Tensor, ctx: AttentionContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated keys and values of ``x``: two (B, Hkv, T, D) tensors."""
+        B, T, _ = x.shape
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return apply_rotary(k, ctx.cos, ctx.sin), v
+
     def forward(self, x: torch.Tensor, ctx: AttentionContext, slot: int) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        q = apply_rotary(q, ctx.cos, ctx.sin)
+        k, v = self.project_kv(x, ctx)
         if ctx.cache is not None:
             # Each block evaluation owns its slot: pass i attends to keys/values made from pass i's own inputs,
             # exactly as in the full forward, so cached decoding is exact.
@@ -128,3 +134,8 @@ class DecoderBlock(GradientCheckpointingLayer):
     def forward(self, x: torch.Tensor, ctx: AttentionContext, slot: int) -> torch.Tensor:
         a = self.self_attn(self.input_layernorm(x), ctx, slot)
         return a + self.mlp(self.post_attention_layernorm(x + a))
+
+    def write_cache(self, x: torch.Tensor, ctx: AttentionContext, slot: int) -> None:
+        """Store in ``slot`` the keys/values that an evaluation on ``x`` would store, without running the block."""
+        k, v = self.self_attn.project_kv(self.input_layernorm(x), ctx)
+        ctx.cache.update(k, v, slot)

@@ -18,16 +18,19 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from iiet.errors import IIETError
+
 from .configuration_iiet import IIETConfig
 from .layers import AttentionContext, DecoderBlock, RMSNorm, rotary_cos_sin
-from .schemes import LayerHistory, PredictorCorrector, build_scheme
+from .schemes import ImplicitEuler, LayerHistory, PredictorCorrector, build_scheme
 
 
 @dataclass
 class IIETModelOutput(BaseModelOutputWithPast):
-    """``BaseModelOutputWithPast`` (normed final states) plus ``iterations`` (see ``IIETOutput``)."""
+    """``BaseModelOutputWithPast`` (normed final states) plus ``iterations`` and ``corrections`` (see ``IIETOutput``)."""
 
     iterations: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    corrections: torch.Tensor | None = None
 
 
 @dataclass
@@ -36,10 +39,12 @@ class IIETOutput(CausalLMOutputWithPast):
 
     ``iterations[n]`` is ``[layer input, iterate 0, ..., iterate r_n]`` for layer ``n`` (``output_iterations=True``);
     ``hidden_states`` (``output_hidden_states=True``) is ``(embedding, output of layer 0, ..., output of layer L-1)``,
-    before the final norm.
+    before the final norm. ``corrections`` (adaptive corrections only) is an (L, B, T) tensor of the corrections each
+    token took at each layer.
     """
 
     iterations: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    corrections: torch.Tensor | None = None
 
 
 class IIETPreTrainedModel(PreTrainedModel):
@@ -58,6 +63,20 @@ class IIETPreTrainedModel(PreTrainedModel):
             init.constant_(module.gamma, 0.5)
 
 
+class BlockRunner:
+    """What the scheme calls to evaluate blocks: block ``n``'s ``i``-th evaluation uses cache slot ``offset[n] + i``."""
+
+    def __init__(self, layers: nn.ModuleList, slot_offsets: list[int], ctx: AttentionContext):
+        self.layers, self.slot_offsets, self.ctx = layers, slot_offsets, ctx
+
+    def __call__(self, n: int, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[n](x, self.ctx, self.slot_offsets[n] + i)
+
+    def write_cache(self, n: int, i: int, x: torch.Tensor) -> None:
+        if self.ctx.cache is not None:
+            self.layers[n].write_cache(x, self.ctx, self.slot_offsets[n] + i)
+
+
 def _ensure_slots(cache: Cache, num_slots: int) -> None:
     """Grow an HF cache to one entry per block evaluation (``generate()`` builds one per layer)."""
     while len(cache.layers) < num_slots:
@@ -74,6 +93,7 @@ class IIETModel(IIETPreTrainedModel):
         passes = config.passes_per_layer
         self.slot_offsets = [0, *accumulate(passes)][:-1]  # first cache slot of each layer
         self.num_slots = sum(passes)
+        self.adaptive_tolerance = getattr(config.scheme_config, "adaptive_tolerance", None)
         self.post_init()
 
     def forward(
@@ -86,6 +106,7 @@ class IIETModel(IIETPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         output_iterations: bool = False,
+        adaptive_tolerance: float | None = None,
         **kwargs,
     ) -> IIETModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
@@ -115,11 +136,19 @@ class IIETModel(IIETPreTrainedModel):
         mask, is_causal = self._attention_mask(attention_mask, B, T, past, h.device)
         ctx = AttentionContext(cos, sin, mask, is_causal, past_key_values)
 
-        def evaluate(n: int, i: int, x: torch.Tensor) -> torch.Tensor:
-            return self.layers[n](x, ctx, self.slot_offsets[n] + i)
-
+        evaluate = BlockRunner(self.layers, self.slot_offsets, ctx)
         trace = [] if (output_iterations or output_hidden_states) else None
-        h = self.scheme(h, evaluate, trace)
+        tolerance = self.adaptive_tolerance if adaptive_tolerance is None else adaptive_tolerance
+        usage = None
+        if tolerance is not None:
+            if not isinstance(self.scheme, ImplicitEuler):
+                raise IIETError(f"adaptive_tolerance applies to the iiet scheme only, not {self.config.scheme['name']!r}.")
+            if not tolerance >= 0:
+                raise IIETError(f"adaptive_tolerance={tolerance!r} must be >= 0 (0 = run every correction).")
+            usage = []
+            h = self.scheme(h, evaluate, trace, tolerance=tolerance, usage=usage)
+        else:
+            h = self.scheme(h, evaluate, trace)
         hidden_states = None
         if output_hidden_states:
             hidden_states = (trace[0][0], *(states[-1] for states in trace))
@@ -128,6 +157,7 @@ class IIETModel(IIETPreTrainedModel):
             past_key_values=past_key_values,
             hidden_states=hidden_states,
             iterations=tuple(tuple(states) for states in trace) if output_iterations else None,
+            corrections=torch.stack(usage) if usage is not None else None,
         )
 
     @staticmethod
@@ -173,6 +203,7 @@ class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         output_iterations: bool = False,
+        adaptive_tolerance: float | None = None,
         logits_to_keep: int = 0,
         **kwargs,
     ) -> IIETOutput:
@@ -185,6 +216,7 @@ class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_iterations=output_iterations,
+            adaptive_tolerance=adaptive_tolerance,
         )
         h = out.last_hidden_state
         if logits_to_keep:
@@ -199,6 +231,7 @@ class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
             past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             iterations=out.iterations,
+            corrections=out.corrections,
         )
 
     def num_block_evaluations(self) -> int:

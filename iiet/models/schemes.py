@@ -24,7 +24,7 @@ Equations as implemented (docs/architecture.md has the full derivation and the m
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -39,7 +39,14 @@ from .configuration_iiet import (
     WeightSharedScheme,
 )
 
-Evaluate = Callable[[int, int, torch.Tensor], torch.Tensor]
+class Evaluate(Protocol):
+    """Runs block ``n`` on ``x`` as its ``i``-th evaluation in the layer (cache slot ``offset[n] + i``)."""
+
+    def __call__(self, n: int, i: int, x: torch.Tensor) -> torch.Tensor: ...
+
+    def write_cache(self, n: int, i: int, x: torch.Tensor) -> None:
+        """Fill evaluation ``i``'s cache slot as if the block had run on ``x`` (no-op without a cache)."""
+
 Trace = list | None
 
 
@@ -134,9 +141,17 @@ class ImplicitEuler(nn.Module):
         L = config.num_hidden_layers
         self.history = LayerHistory(L, config.hidden_size, scheme.history)
         self.corrections = scheme.corrections(L) if isinstance(scheme, ImplicitEulerScheme) else [0] * L
-        self.adaptive_tolerance = getattr(scheme, "adaptive_tolerance", None)
 
-    def forward(self, h: torch.Tensor, evaluate: Evaluate, trace: Trace = None) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        evaluate: Evaluate,
+        trace: Trace = None,
+        tolerance: float | None = None,
+        usage: list | None = None,
+    ) -> torch.Tensor:
+        """``tolerance`` switches on adaptive corrections (docs/adaptive.md); ``usage`` then receives, per layer, a
+        (B, T) tensor of the corrections each token actually took."""
         entries = [h]
         x = self.history.combine(entries, 0)
         for n, r in enumerate(self.corrections):
@@ -144,11 +159,31 @@ class ImplicitEuler(nn.Module):
             entries.append(self.history.store(n, x, f))
             y = self.history.combine(entries, n + 1)  # y^0              (Eq. 11 with i = 0)
             states = [x, y]
+            active = torch.ones(y.shape[:-1], dtype=torch.bool, device=y.device) if tolerance is not None else None
+            used = torch.zeros(y.shape[:-1], dtype=torch.long, device=y.device) if tolerance is not None else None
             for i in range(1, r + 1):
+                if active is not None and not bool(active.any()):
+                    # Every token has converged: the remaining passes would see the converged iterate as input, so
+                    # their cache slots get its keys/values (cheap: two projections, no block evaluation).
+                    for j in range(i, r + 1):
+                        evaluate.write_cache(n, j, y)
+                    break
                 f = evaluate(n, i, y)  # f^i = F_n(y^{i-1})                (Alg. 1 line 5)
-                entries[-1] = self.history.store(n, x, f)  # replace, never append (Alg. 1 line 6)
-                y = self.history.combine(entries, n + 1)  # y^i           (Eq. 11)
+                entry = self.history.store(n, x, f)
+                if active is not None:
+                    # Converged tokens keep their iterate (masking): the block still ran on it, so the cache slot of
+                    # this pass holds the converged pass's keys/values, the value a fixed point would give.
+                    entry = torch.where(active[..., None], entry, entries[-1])
+                entries[-1] = entry  # replace, never append (Alg. 1 line 6)
+                y_next = self.history.combine(entries, n + 1)  # y^i      (Eq. 11)
+                if active is not None:
+                    used += active.long()
+                    change = 1 - torch.nn.functional.cosine_similarity(y_next.float(), y.float(), dim=-1)
+                    active = active & (change > tolerance)
+                y = y_next
                 states.append(y)
+            if usage is not None and used is not None:
+                usage.append(used)
             if trace is not None:
                 trace.append(states)
             x = y  # row n + 1 of W is both layer n's output and layer n + 1's input
