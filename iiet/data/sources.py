@@ -1,0 +1,355 @@
+"""Where training text comes from: one iterator of documents over files, globs and Hugging Face datasets.
+
+A *source* is a string, resolved in this order:
+
+- ``builtin``: the Python standard library's own ``.py`` files (:func:`builtin_corpus`), an offline demo corpus.
+- ``hf:NAME[:CONFIG]``: a Hugging Face dataset, read with ``datasets.load_dataset(..., streaming=True)``.
+- a glob (``data/**/*.jsonl``), a directory (searched recursively, sorted) or a single file:
+  ``.txt``/``.raw``/``.text`` (one document per file, or one per ``<doc>`` for WikiExtractor output),
+  ``.jsonl``/``.json`` (one document per record, read from ``text_field``), ``.parquet`` (via ``datasets``).
+  A file named explicitly with any other suffix is read as plain text.
+
+Every source yields documents in a fixed order, so tokenizer training and data preparation are reproducible.
+:func:`source_fingerprint` records what a source held (file sha256s), so prepared data can say what it was made of.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import html
+import itertools
+import json
+import os
+import platform
+import re
+import sysconfig
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from iiet.errors import IIETError
+
+BUILTIN_SOURCE = "builtin"
+HF_PREFIX = "hf:"
+TEXT_SUFFIXES = (".txt", ".raw", ".text")
+JSON_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
+# Left out of the builtin corpus: third-party packages (not the standard library, and they vary between machines),
+# bytecode caches, and CPython's own test suites (deliberately malformed files and large generated data).
+_BUILTIN_SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_WIKIEXTRACTOR_OPEN = re.compile(r"^<doc\b[^>]*>\s*$")
+_WIKIEXTRACTOR_TITLE = re.compile(r'\btitle="([^"]*)"')
+_WIKIEXTRACTOR_CLOSE = "</doc>"
+_HASH_CHUNK_BYTES = 1 << 20
+_SOURCE_HELP = "pass an existing file, directory or glob, `hf:NAME[:CONFIG]` for a Hugging Face dataset, or `builtin`"
+
+
+def iter_documents(
+    source: str, text_field: str = "text", split: str = "train", streaming: bool = True
+) -> Iterator[str]:
+    """Yield the documents of one source, in a fixed order.
+
+    Args:
+        source: ``builtin``, ``hf:NAME[:CONFIG]``, a glob, a directory or a file (see the module docstring).
+        text_field: Field holding the text in ``.jsonl``/``.json``/``.parquet`` records and HF datasets.
+        split: Split of a Hugging Face dataset (ignored for local files).
+        streaming: Stream a Hugging Face dataset instead of downloading it whole first.
+
+    Returns:
+        An iterator of non-blank document strings.
+
+    Raises:
+        IIETError: The path does not exist, a directory or glob holds no readable files, a record lacks
+            ``text_field``, or the source turns out to hold no documents at all.
+    """
+    if source == BUILTIN_SOURCE:
+        documents: Iterable[str] = builtin_corpus()
+    elif source.startswith(HF_PREFIX):
+        documents = _iter_hf_dataset(source, text_field, split, streaming)
+    else:
+        # Resolve eagerly so a wrong path fails here, not at the first ``next()`` deep inside a training run.
+        files = resolve_files(source)
+        documents = (document for path in files for document in _iter_file(path, text_field))
+    return _non_blank(documents, source)
+
+
+def iter_corpus(
+    sources: list[str], text_field: str = "text", max_documents: int | None = None, split: str = "train"
+) -> Iterator[str]:
+    """Chain the documents of several sources, stopping after ``max_documents`` in total.
+
+    Args:
+        sources: Source strings, read one after another (see :func:`iter_documents`).
+        text_field: Field holding the text in structured records.
+        max_documents: Stop after this many documents; ``None`` reads everything.
+        split: Split of Hugging Face datasets.
+
+    Returns:
+        An iterator of document strings.
+
+    Raises:
+        IIETError: ``sources`` is empty, ``max_documents`` is not positive, or a source is invalid.
+    """
+    if not sources:
+        raise IIETError("no sources given; " + _SOURCE_HELP)
+    if max_documents is not None and max_documents <= 0:
+        raise IIETError(f"max_documents must be positive, got {max_documents}; omit it to read every document")
+    # Validate every source up front: a typo in the last one should not surface after hours of reading the first.
+    iterators = [iter_documents(source, text_field=text_field, split=split) for source in sources]
+    return itertools.islice(itertools.chain.from_iterable(iterators), max_documents)
+
+
+def builtin_corpus() -> Iterator[str]:
+    """Yield the Python standard library's ``.py`` files, sorted by path: a corpus that needs no download.
+
+    The library is found with ``sysconfig.get_paths()["stdlib"]``; third-party packages, bytecode caches and
+    CPython's test suites are left out. The order (and, for one Python version, the content) is deterministic.
+
+    Returns:
+        An iterator of source-file texts (about 1,000 documents, ~12 MB, depending on the Python version).
+    """
+    for path in _builtin_files():
+        yield path.read_text(encoding="utf-8", errors="replace")
+
+
+def resolve_files(source: str) -> list[Path]:
+    """List the files a local source stands for, sorted.
+
+    Args:
+        source: A file, a directory (searched recursively for supported suffixes) or a glob pattern.
+
+    Returns:
+        The files, in sorted order.
+
+    Raises:
+        IIETError: Nothing exists at ``source`` or it holds no supported files.
+    """
+    if _GLOB_CHARS.search(source):
+        matches = [Path(match) for match in sorted(glob.glob(source, recursive=True))]
+        files = [file for match in matches for file in (_files_in(match) if match.is_dir() else [match])]
+        if not files:
+            raise IIETError(f"no files match the glob {source!r}; check the pattern (use ** for subfolders)")
+        return files
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = _files_in(path)
+        if not files:
+            suffixes = "/".join(SUPPORTED_SUFFIXES)
+            raise IIETError(f"directory {source!r} holds no {suffixes} files; point at a folder of text data")
+        return files
+    raise IIETError(f"source {source!r} does not exist; {_SOURCE_HELP}")
+
+
+def source_fingerprint(source: str, split: str = "train") -> dict[str, Any]:
+    """Describe what a source held, so prepared data records (and can later check) what it was made from.
+
+    Local files get a sha256: a single file's own digest (compare it with ``sha256sum``), or for several files the
+    digest of a ``SHA256SUMS``-style listing of their digests and relative paths. A Hugging Face dataset is named
+    (its content is not hashed: streaming it twice just to hash it would double the cost).
+
+    Args:
+        source: A source string (see :func:`iter_documents`).
+        split: Split of a Hugging Face dataset.
+
+    Returns:
+        A JSON-serialisable dict, equal for equal inputs.
+    """
+    if source.startswith(HF_PREFIX):
+        name, _, config = source[len(HF_PREFIX) :].partition(":")
+        return {"source": source, "dataset": name, "config": config or None, "split": split}
+    if source == BUILTIN_SOURCE:
+        files, root = _builtin_files(), Path(sysconfig.get_paths()["stdlib"])
+        fingerprint = {"source": source, "python": platform.python_version()}
+    else:
+        files = resolve_files(source)
+        root = Path(os.path.commonpath([file.resolve() for file in files]))
+        fingerprint = {"source": source}
+    if len(files) == 1:
+        return {**fingerprint, "files": 1, "sha256": file_sha256(files[0])}
+    listing = "".join(f"{file_sha256(file)}  {file.resolve().relative_to(root).as_posix()}\n" for file in files)
+    return {**fingerprint, "files": len(files), "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Return the hex sha256 digest of a file, read in chunks.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The 64-character hex digest.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Group an iterator into lists of ``size`` items (the last may be shorter); feeds batched tokenizer calls.
+
+    Args:
+        items: The items.
+        size: Items per list.
+
+    Returns:
+        An iterator of lists.
+    """
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _builtin_files() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for directory, subdirectories, names in os.walk(root):
+        subdirectories[:] = [name for name in subdirectories if name not in _BUILTIN_SKIPPED_DIRS]
+        files.extend(Path(directory, name) for name in names if name.endswith(".py"))
+    return sorted(files, key=lambda file: file.relative_to(root).as_posix())
+
+
+def _files_in(directory: Path) -> list[Path]:
+    found = (path for path in directory.rglob("*") if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES)
+    return sorted(found, key=lambda path: path.as_posix())
+
+
+def _non_blank(documents: Iterable[str], source: str) -> Iterator[str]:
+    count = 0
+    for document in documents:
+        if document.strip():
+            count += 1
+            yield document
+    if count == 0:
+        raise IIETError(f"source {source!r} holds no documents (only blank text); point at a non-empty source")
+
+
+def _iter_file(path: Path, text_field: str) -> Iterator[str]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _iter_json_lines(path, text_field)
+    elif suffix == ".json":
+        yield from _iter_json(path, text_field)
+    elif suffix in PARQUET_SUFFIXES:
+        yield from _iter_parquet(path, text_field)
+    else:
+        yield from _iter_text_file(path)
+
+
+def _iter_text_file(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors="replace") as file:
+        first_line = file.readline()
+        if _WIKIEXTRACTOR_OPEN.match(first_line):
+            yield from iter_wikiextractor(itertools.chain([first_line], file))
+        else:
+            yield first_line + file.read()
+
+
+def iter_wikiextractor(lines: Iterable[str]) -> Iterator[str]:
+    """Split WikiExtractor output into article bodies.
+
+    Each ``<doc id=.. url=.. title="T">`` ... ``</doc>`` block becomes one document: the markup lines and the
+    repeated title line ``T`` are dropped and HTML entities (``&amp;``) are unescaped. Title-only stubs come out
+    empty (callers skip blank documents).
+
+    Args:
+        lines: The file's lines, with their newlines.
+
+    Returns:
+        An iterator of article texts, stripped of surrounding whitespace.
+    """
+    body: list[str] | None = None
+    title = ""
+    expect_title = False
+    for line in lines:
+        if body is None:  # between articles: only an opening tag matters
+            if _WIKIEXTRACTOR_OPEN.match(line):
+                match = _WIKIEXTRACTOR_TITLE.search(line)
+                title = html.unescape(match.group(1)).strip() if match else ""
+                body, expect_title = [], True
+            continue
+        if line.startswith(_WIKIEXTRACTOR_CLOSE):
+            yield html.unescape("".join(body)).strip()
+            body = None
+            continue
+        if expect_title:
+            expect_title = False
+            if html.unescape(line).strip() == title:
+                continue
+        body.append(line)
+    if body is not None:  # a truncated last article still counts
+        yield html.unescape("".join(body)).strip()
+
+
+def _record_text(record: Any, text_field: str, where: str) -> str:
+    if not isinstance(record, dict) or text_field not in record:
+        fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise IIETError(f"{where}: no {text_field!r} field (found {fields}); pass --text_field NAME")
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise IIETError(f"{where}: field {text_field!r} is {type(text).__name__}, not text; pick a text field")
+    return text
+
+
+def _iter_json_lines(path: Path, text_field: str) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors="replace") as file:
+        for line_number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise IIETError(f"{path}:{line_number}: not valid JSON ({error}); fix or remove that line") from None
+            yield _record_text(record, text_field, f"{path}:{line_number}")
+
+
+def _iter_json(path: Path, text_field: str) -> Iterator[str]:
+    """A ``.json`` file is a list of records, one record, or (as many exports are) JSON Lines."""
+    with open(path, encoding="utf-8", errors="replace") as file:
+        try:
+            content = json.load(file)
+        except json.JSONDecodeError:
+            content = None
+    if content is None:
+        yield from _iter_json_lines(path, text_field)
+        return
+    records = content if isinstance(content, list) else [content]
+    for index, record in enumerate(records):
+        yield _record_text(record, text_field, f"{path}[{index}]")
+
+
+def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
+    import datasets
+
+    rows = datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
+    for index, row in enumerate(rows):
+        yield _record_text(row, text_field, f"{path} row {index}")
+
+
+def _iter_hf_dataset(source: str, text_field: str, split: str, streaming: bool) -> Iterator[str]:
+    import datasets
+
+    name, _, config = source[len(HF_PREFIX) :].partition(":")
+    if not name:
+        raise IIETError(f"source {source!r} names no dataset; write hf:NAME or hf:NAME:CONFIG")
+    try:
+        rows = datasets.load_dataset(name, config or None, split=split, streaming=streaming)
+    except Exception as error:  # datasets raises many types (network, auth, missing config); all mean the same here
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise IIETError(
+            f"cannot load Hugging Face dataset {name!r} (config {config or None!r}, split {split!r}): {first_line}; "
+            "check the name/config/split and your network or HF_TOKEN, or download it and pass local files"
+        ) from error
+    for index, row in enumerate(rows):
+        yield _record_text(row, text_field, f"{source} row {index}")
