@@ -1,10 +1,5 @@
-"""One exception type for bad user input.
+"""``IIETError``: bad input that the user can fix (defined beside the model code, which checkpoints carry along)."""
 
-Raise ``IIETError("what is wrong; how to fix it")`` for anything a user can correct (a missing file, a wrong config
-value, an impossible iteration plan, a vocabulary mismatch, a corrupt checkpoint). The CLI prints it as a single
-``iiet: error: ...`` line and exits with status 2; Python callers can catch it (it is a ``ValueError``).
-"""
+from iiet.models.errors import IIETError
 
-
-class IIETError(ValueError):
-    """Bad input that the user can fix; the message names the problem and the fix."""
+__all__ = ["IIETError"]

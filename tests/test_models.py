@@ -183,3 +183,24 @@ def test_every_preset_builds_with_every_scheme():
     for preset in PRESETS:
         config = build_config(preset, {"name": "iiet", "num_iterations": 3})
         assert config.num_block_evaluations == 4 * config.num_hidden_layers
+
+
+def test_checkpoints_load_without_iiet_through_trust_remote_code(tmp_path):
+    """The plain lm_eval CLI path: a checkpoint carries auto_map + the model code."""
+    import json
+    import subprocess
+    import sys
+
+    model = tiny_model({"name": "iiet", "iteration_plan": [2, 0, 1]})
+    model.save_pretrained(tmp_path)
+    assert "AutoModelForCausalLM" in json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    ids = [[5, 7, 11, 13]]
+    script = (
+        "import json, sys, torch; from transformers import AutoModelForCausalLM;"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval();"
+        "assert 'iiet' not in sys.modules, 'loaded through the installed package, not the checkpoint code';"
+        f"print(json.dumps(m(torch.tensor({ids})).logits.tolist()))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
+    remote = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(remote, model(torch.tensor(ids)).logits, atol=1e-6, rtol=0)

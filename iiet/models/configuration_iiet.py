@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 
 from transformers import LlamaConfig
 
-from iiet.errors import IIETError
+from .errors import IIETError
 
 HISTORY_READINGS = ("residual", "normalized")
 
@@ -72,6 +72,10 @@ class DLCLScheme(SchemeConfig):
 
     name: ClassVar[str] = "dlcl"
     history: Literal["residual", "normalized"] = "residual"
+
+    def corrections(self, num_layers: int) -> list[int]:
+        """Implicit-Euler corrections per layer (none: DLCL is IIET with ``r = 0``)."""
+        return [0] * num_layers
 
     def validate(self, num_layers: int) -> None:
         if self.history not in HISTORY_READINGS:

@@ -18,7 +18,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from iiet.errors import IIETError
+from .errors import IIETError
 
 from .configuration_iiet import IIETConfig
 from .layers import AttentionContext, DecoderBlock, RMSNorm, rotary_cos_sin

@@ -140,7 +140,7 @@ class ImplicitEuler(nn.Module):
         super().__init__()
         L = config.num_hidden_layers
         self.history = LayerHistory(L, config.hidden_size, scheme.history)
-        self.corrections = scheme.corrections(L) if isinstance(scheme, ImplicitEulerScheme) else [0] * L
+        self.corrections = scheme.corrections(L)
 
     def forward(
         self,
@@ -232,16 +232,18 @@ class PredictorCorrector(nn.Module):
         return x
 
 
-SCHEME_MODULES: dict[type[SchemeConfig], type[nn.Module]] = {
-    EulerScheme: Euler,
-    DLCLScheme: ImplicitEuler,  # DLCL is IIET with zero corrections
-    ImplicitEulerScheme: ImplicitEuler,
-    PredictorCorrectorScheme: PredictorCorrector,
-    WeightSharedScheme: WeightShared,
+# Keyed by the scheme's name, not its class: a checkpoint loaded with trust_remote_code imports its own copy of
+# configuration_iiet, whose classes are different objects from ours.
+SCHEME_MODULES: dict[str, type[nn.Module]] = {
+    EulerScheme.name: Euler,
+    DLCLScheme.name: ImplicitEuler,  # DLCL is IIET with zero corrections
+    ImplicitEulerScheme.name: ImplicitEuler,
+    PredictorCorrectorScheme.name: PredictorCorrector,
+    WeightSharedScheme.name: WeightShared,
 }
 
 
 def build_scheme(config: IIETConfig) -> nn.Module:
     """The scheme module for ``config.scheme``."""
     scheme: SchemeConfig = config.scheme_config
-    return SCHEME_MODULES[type(scheme)](config, scheme)
+    return SCHEME_MODULES[scheme.name](config, scheme)
