@@ -12,7 +12,11 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "info": "iiet.models.presets:info",
+    "upcycle": "iiet.models.convert:upcycle",
     # -- commands --
+    "tokenizer-train": "iiet.data.commands:tokenizer_train",
+    "data-prepare": "iiet.data.commands:data_prepare",
+    "eval": "iiet.eval.commands:eval_command",
 }
 
 

@@ -27,7 +27,7 @@ from iiet.data import (
 from iiet.data.packed import is_validation_document
 from iiet.errors import IIETError
 
-SHARED_DATA = Path("/work/shared/data")
+from .conftest import SHARED_DATA  # noqa: E402  (../shared/data beside the checkout)
 TINY_VOCAB = 300
 SEQ_LEN = 16
 VAL_FRACTION = 0.25
