@@ -80,3 +80,13 @@ def test_bad_tolerances_are_clear_errors():
         tiny_model(SCHEME)(_ids(), adaptive_tolerance=-1.0)
     with pytest.raises(IIETError, match="iiet scheme only"):
         tiny_model("pcformer")(_ids(), adaptive_tolerance=0.1)
+
+
+@torch.no_grad()
+def test_the_tolerance_can_live_in_the_config_for_eval_and_bench():
+    ids = _ids()
+    configured = tiny_model({**SCHEME, "adaptive_tolerance": 1e-1})
+    plain = tiny_model(SCHEME)
+    assert plain(ids).corrections is None
+    assert torch.equal(configured(ids).logits, plain(ids, adaptive_tolerance=1e-1).logits)
+    assert configured(ids).corrections.float().mean() < 4

@@ -18,6 +18,7 @@ def eval_command(
     output_dir: str = "eval_results",
     num_iterations: int | None = None,
     iteration_plan: list[int] | None = None,
+    adaptive_tolerance: float | None = None,
 ) -> None:
     """Zero-shot lm-eval evaluation of one or more checkpoints, printed and saved as the paper's Table 1.
 
@@ -39,6 +40,8 @@ def eval_command(
             the checkpoint's other scheme settings are kept).
         iteration_plan: IIET checkpoints only: corrections per layer, one number per layer (sets
             scheme.iteration_plan), e.g. the plan an IIAD distillation chose.
+        adaptive_tolerance: IIET checkpoints only: stop correcting a token at a layer once 1 - cos between its
+            successive iterates is below this (docs/adaptive.md); 0 runs every correction.
     """
     scheme = {}
     if num_iterations is not None:
@@ -49,6 +52,8 @@ def eval_command(
         scheme["iteration_plan"] = None
     if iteration_plan is not None:
         scheme["iteration_plan"] = list(iteration_plan)
+    if adaptive_tolerance is not None:
+        scheme["adaptive_tolerance"] = adaptive_tolerance
     # Each checkpoint keeps its own scheme dict; only these keys are replaced (see harness.override_config).
     overrides = {"scheme": scheme} if scheme else None
     results = evaluate(
