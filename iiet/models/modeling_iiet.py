@@ -63,6 +63,11 @@ class IIETPreTrainedModel(PreTrainedModel):
             init.constant_(module.gamma, 0.5)
 
 
+def _output_cache(output: BaseModelOutputWithPast) -> Cache | None:
+    # transformers >= 5.24 stores the cache under ``cache`` (``past_key_values`` is a deprecated alias there).
+    return output.get("cache", output.get("past_key_values"))
+
+
 class BlockRunner:
     """What the scheme calls to evaluate blocks: block ``n``'s ``i``-th evaluation uses cache slot ``offset[n] + i``."""
 
@@ -107,8 +112,11 @@ class IIETModel(IIETPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_iterations: bool = False,
         adaptive_tolerance: float | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> IIETModelOutput:
+        # transformers >= 5.24 names the cache argument ``cache`` (``past_key_values`` before); accept both.
+        past_key_values = cache if past_key_values is None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -165,14 +173,16 @@ class IIETModel(IIETPreTrainedModel):
         attention_mask: torch.Tensor | None, B: int, T: int, past: int, device: torch.device
     ) -> tuple[torch.Tensor | None, bool]:
         """A boolean (B, 1, T, past + T) mask, or ``None`` with SDPA's own causal flag when no mask is needed."""
+        if attention_mask is not None and attention_mask.dim() == 4:
+            # A 4D mask is complete as given (causality included). Checked first: no host sync, so CUDA graphs can
+            # capture it (iiet.bench.graphs).
+            return attention_mask.bool(), False
         padded = attention_mask is not None and not bool(attention_mask.all())
         if not padded:
             if past == 0:
                 return None, T > 1  # plain causal: SDPA can use its flash/efficient kernels
             if T == 1:
                 return None, False  # one new token sees the whole cache
-        if attention_mask is not None and attention_mask.dim() == 4:
-            return attention_mask.bool(), False
         S = past + T
         query_pos = torch.arange(past, S, device=device)[:, None]
         mask = (torch.arange(S, device=device)[None, :] <= query_pos)[None, None]  # (1, 1, T, S)
@@ -204,6 +214,7 @@ class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         output_iterations: bool = False,
         adaptive_tolerance: float | None = None,
+        cache: Cache | None = None,
         logits_to_keep: int = 0,
         **kwargs,
     ) -> IIETOutput:
@@ -211,7 +222,7 @@ class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=cache if past_key_values is None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -228,7 +239,7 @@ class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
         return IIETOutput(
             loss=loss,
             logits=logits,
-            past_key_values=out.past_key_values,
+            past_key_values=_output_cache(out),
             hidden_states=out.hidden_states,
             iterations=out.iterations,
             corrections=out.corrections,
