@@ -179,7 +179,9 @@ class ImplicitEuler(nn.Module):
                 if active is not None:
                     used += active.long()
                     change = 1 - torch.nn.functional.cosine_similarity(y_next.float(), y.float(), dim=-1)
-                    active = active & (change > tolerance)
+                    # Stop once the change is strictly below the tolerance; rounding can push 1 - cos below 0, so
+                    # clamp it: tolerance 0 then never stops and is exactly the full model.
+                    active = active & (change.clamp_min(0) >= tolerance)
                 y = y_next
                 states.append(y)
             if usage is not None and used is not None:

@@ -1,0 +1,151 @@
+"""Adaptive corrections vs fixed iteration plans: quality and speed against compute (docs/adaptive.md).
+
+For a trained IIET checkpoint and a held-out split of prepared data, measures for a sweep of ``adaptive_tolerance``:
+
+* perplexity, teacher-forced through the same adaptive path that decoding uses (a token's corrections depend only on
+  its own iterates and on earlier tokens' cache slots, so the full forward takes exactly the decisions decoding
+  takes: tests/test_adaptive.py);
+* the corrections actually taken (average per token per layer) and the block evaluations per token;
+* greedy decode tokens/s at batch size 1 (where a converged token really skips its remaining block evaluations);
+
+and the same for fixed plans: the full model, the Lower Bound (no corrections) and, if given, an E-IIET plan
+(``iiet plan`` output) — without distillation, so the comparison asks whether stopping per token reaches a fixed
+plan's quality at equal compute without any training.
+
+    python benchmarks/adaptive_study.py --model runs/demo/iiet/final --data runs/demo/data --output_dir docs/img
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+import iiet  # noqa: F401
+from iiet.data import PackedDataset
+
+TOLERANCES = [0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+
+
+@torch.no_grad()
+def perplexity(model, batches, tolerance=None) -> tuple[float, float]:
+    """Token perplexity and average corrections per token per layer (``nan`` without adaptive stopping)."""
+    nll, count, used = 0.0, 0, []
+    for ids in batches:
+        out = model(ids, labels=ids, use_cache=False, adaptive_tolerance=tolerance)
+        n = ids[:, 1:].numel()
+        nll += out.loss.item() * n
+        count += n
+        if out.corrections is not None:
+            used.append(out.corrections.float().mean().item())
+    return math.exp(nll / count), statistics.mean(used) if used else float("nan")
+
+
+@torch.no_grad()
+def decode_speed(model, prompt, new_tokens: int, repeats: int, tolerance=None) -> float:
+    times = []
+    for _ in range(repeats + 1):  # first run is warm-up
+        start = time.perf_counter()
+        model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       adaptive_tolerance=tolerance, pad_token_id=0)
+        times.append(time.perf_counter() - start)
+    return new_tokens / statistics.median(times[1:])
+
+
+def load(path: str, scheme_update: dict | None = None):
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    if scheme_update:
+        scheme = {**model.config.scheme, **scheme_update}
+        model = AutoModelForCausalLM.from_pretrained(path, scheme=scheme).eval()
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a trained IIET checkpoint directory")
+    parser.add_argument("--data", required=True, help="a prepared data directory (iiet data-prepare); uses its val split")
+    parser.add_argument("--plan", default=None, help="an E-IIET plan JSON from `iiet plan` (optional)")
+    parser.add_argument("--num_sequences", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--new_tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tolerances", type=float, nargs="+", default=TOLERANCES)
+    parser.add_argument("--output_dir", default="bench_results/adaptive")
+    args = parser.parse_args()
+
+    data = PackedDataset(args.data, split="val")
+    n = min(args.num_sequences, len(data))
+    rows = torch.stack([data[i] for i in range(n)])
+    batches = list(rows.split(args.batch_size))
+    prompt = rows[:1, :16]
+
+    full = load(args.model)
+    L = full.config.num_hidden_layers
+    r_max = max(full.config.scheme_config.corrections(L))
+    results = []
+
+    def record(label, model, tolerance=None):
+        ppl, corrections = perplexity(model, batches, tolerance)
+        if tolerance is None:
+            corrections = sum(model.config.scheme_config.corrections(L)) / L
+        speed = decode_speed(model, prompt, args.new_tokens, args.repeats, tolerance)
+        row = {"variant": label, "tolerance": tolerance, "perplexity": ppl, "corrections_per_layer": corrections,
+               "block_evaluations": L * (1 + corrections), "decode_tokens_per_s": speed}
+        results.append(row)
+        print(f"{label:<22} ppl {ppl:9.3f}  evals/token {row['block_evaluations']:6.2f}  decode {speed:7.1f} tok/s",
+              flush=True)
+
+    record(f"IIET r={r_max} (full)", full)
+    record("Lower Bound (no distil.)", load(args.model, {"iteration_plan": [0] * L}))
+    if args.plan:
+        plan = json.loads(Path(args.plan).read_text())
+        plan_list = plan.get("iteration_plan") or plan["scheme"]["iteration_plan"]
+        record("E-IIET (no distil.)", load(args.model, {"iteration_plan": plan_list}))
+    for tol in args.tolerances:
+        record(f"adaptive tol={tol:g}", full, tol)
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _plot(results, out / "adaptive-study.png")
+    lines = ["| variant | block evals / token | corrections / layer | perplexity | decode tok/s (batch 1) |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['variant']} | {r['block_evaluations']:.2f} | {r['corrections_per_layer']:.2f} | "
+                     f"{r['perplexity']:.3f} | {r['decode_tokens_per_s']:.1f} |")
+    table = "\n".join(lines)
+    (out / "adaptive-study.md").write_text(table + "\n")
+    print("\n" + table)
+    (out / "adaptive-study.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+
+
+def _plot(results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    adaptive = [r for r in results if r["tolerance"] is not None]
+    fixed = [r for r in results if r["tolerance"] is None]
+    for ax, key, label in ((axes[0], "perplexity", "perplexity (val)"),
+                           (axes[1], "decode_tokens_per_s", "decode tokens/s (batch 1)")):
+        ax.plot([r["block_evaluations"] for r in adaptive], [r[key] for r in adaptive], "o-", label="adaptive (tol sweep)")
+        for r in fixed:
+            ax.scatter(r["block_evaluations"], r[key], marker="s", s=60, label=r["variant"], zorder=3)
+        ax.set_xlabel("block evaluations per token")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Adaptive corrections vs fixed iteration plans (no distillation)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
