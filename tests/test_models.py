@@ -204,3 +204,16 @@ def test_checkpoints_load_without_iiet_through_trust_remote_code(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
     remote = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
     torch.testing.assert_close(remote, model(torch.tensor(ids)).logits, atol=1e-6, rtol=0)
+
+
+def test_buffered_history_without_autograd_equals_the_autograd_path(scheme):
+    """Inference combines the history in one matrix-vector product; training term by term. Same numbers."""
+    model = tiny_model(scheme)
+    x = _ids()
+    with torch.no_grad():
+        buffered = model(x, output_iterations=True)
+    listed = model(x, output_iterations=True)
+    torch.testing.assert_close(buffered.logits, listed.logits.detach(), atol=1e-5, rtol=0)
+    for a, b in zip(buffered.iterations, listed.iterations):
+        for u, v in zip(a, b):
+            torch.testing.assert_close(u, v.detach(), atol=1e-5, rtol=0)

@@ -77,6 +77,10 @@ class DLCLScheme(SchemeConfig):
         """Implicit-Euler corrections per layer (none: DLCL is IIET with ``r = 0``)."""
         return [0] * num_layers
 
+    def history_combinations(self, num_layers: int) -> list[int]:
+        """Combinations of the layer history each layer computes (the initial value plus one per correction)."""
+        return [1 + r for r in self.corrections(num_layers)]
+
     def validate(self, num_layers: int) -> None:
         if self.history not in HISTORY_READINGS:
             raise SchemeConfigError(
@@ -148,6 +152,9 @@ class PredictorCorrectorScheme(DLCLScheme):
 
     def passes_per_layer(self, num_layers: int) -> list[int]:
         return [self.order + 1] * num_layers
+
+    def history_combinations(self, num_layers: int) -> list[int]:
+        return [1] * num_layers  # the corrector's output
 
     def validate(self, num_layers: int) -> None:
         super().validate(num_layers)

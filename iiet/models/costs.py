@@ -2,9 +2,10 @@
 
 * block evaluations per token: ``sum_n passes_n`` (Transformer++: ``L``; IIET: ``L (r + 1)``; PCformer: ``3 L``);
 * forward FLOPs per token: ``2 x`` the multiply-adds of every matmul a token goes through: each block evaluation's
-  projections (``2 P_block``) and attention (``4 H D S`` for ``S`` keys attended), plus the LM head (``2 d V``).
-  The elementwise work (norms, history combinations, RoPE) is left out, as ``torch.utils.flop_counter`` does;
-  tests/test_costs.py checks the formula against that counter;
+  projections (``2 P_block``) and attention (``4 H D S`` for ``S`` keys attended), the layer-history
+  combinations (``2 d n`` each; a matrix-vector product at inference) and the LM head (``2 d V``). The elementwise
+  work (norms, RoPE, SwiGLU gating) is left out, as ``torch.utils.flop_counter`` does; tests/test_costs.py checks the
+  formula against that counter;
 * KV-cache bytes per token: ``slots x 2 x H_kv x D x bytes`` (one slot per block evaluation).
 """
 
@@ -23,10 +24,27 @@ def block_parameters(config: IIETConfig) -> int:
     return attn + mlp
 
 
+def history_flops_per_token(config: IIETConfig) -> int:
+    """FLOPs of the layer-history combinations (DLCL, IIET, PCformer): ``2 d n`` for a combination of ``n`` entries.
+
+    Layer ``k`` combines ``k + 2`` entries (the embedding, ``k`` earlier layers, its own), plus one combination of
+    the embedding alone for layer 0's input. Small next to the blocks (``O(L^2 d)`` vs ``O(L d^2)``).
+    """
+    combinations = getattr(config.scheme_config, "history_combinations", None)
+    if combinations is None:
+        return 0
+    per_layer = combinations(config.num_hidden_layers)
+    return 2 * config.hidden_size * (1 + sum(c * (k + 2) for k, c in enumerate(per_layer)))
+
+
 def flops_per_token(config: IIETConfig, context: int) -> int:
     """Forward matmul FLOPs for one token attending to ``context`` keys (see the module docstring)."""
     per_eval = 2 * block_parameters(config) + 4 * config.num_attention_heads * config.head_dim * context
-    return config.num_block_evaluations * per_eval + 2 * config.hidden_size * config.vocab_size
+    return (
+        config.num_block_evaluations * per_eval
+        + history_flops_per_token(config)
+        + 2 * config.hidden_size * config.vocab_size
+    )
 
 
 def kv_cache_bytes_per_token(config: IIETConfig, dtype: torch.dtype = torch.bfloat16) -> int:

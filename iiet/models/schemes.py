@@ -86,12 +86,55 @@ class LayerHistory(nn.Module):
             return f
         return self.norms[n](x + f)
 
-    def combine(self, entries: list[torch.Tensor], row: int) -> torch.Tensor:
-        """``sum_j W[row, j] * entries[j]`` over the ``row + 1`` entries."""
-        w = self.weights[row, : len(entries)].to(entries[0].dtype)
-        out = entries[0] * w[0]
-        for j in range(1, len(entries)):
-            out = out + entries[j] * w[j]
+    def begin(self, h0: torch.Tensor) -> HistoryEntries:
+        """The entries of one forward pass, starting with the embedding ``e_0 = h0``."""
+        return HistoryEntries(self.weights, h0)
+
+
+class HistoryEntries:
+    """The entries ``e_0..e_n`` of one forward pass and their combinations ``sum_j W[row, j] e_j``.
+
+    Without autograd (inference, decoding) the entries live in one buffer allocated up front, so a combination is a
+    single matrix-vector product instead of ``2 (n + 1)`` elementwise kernels: at decode sizes the GPU time follows
+    the kernel count (docs/benchmarks.md). With autograd they stay a list combined term by term, so that backward
+    keeps references to the entries rather than a stacked copy per layer (``O(L^2)`` activation memory).
+    """
+
+    def __init__(self, weights: torch.Tensor, h0: torch.Tensor):
+        self.weights = weights
+        self.n = 1
+        self.buffer = None
+        self.items = [h0]
+        if not torch.is_grad_enabled():
+            self.buffer = h0.new_empty((weights.shape[0], *h0.shape))  # (L+1, B, T, d)
+            self.buffer[0].copy_(h0)
+
+    def append(self, entry: torch.Tensor) -> None:
+        self.n += 1
+        self.set_last(entry)
+
+    def set_last(self, entry: torch.Tensor) -> None:
+        """Write the newest entry (IIET replaces it at every correction: Alg. 1 line 6)."""
+        if self.buffer is not None:
+            self.buffer[self.n - 1].copy_(entry)
+        elif len(self.items) < self.n:
+            self.items.append(entry)
+        else:
+            self.items[-1] = entry
+
+    def last(self) -> torch.Tensor:
+        return self.buffer[self.n - 1] if self.buffer is not None else self.items[-1]
+
+    def combine(self, row: int) -> torch.Tensor:
+        """``sum_j W[row, j] * e_j`` over the ``n`` entries stored so far."""
+        if self.buffer is not None:
+            entries = self.buffer[: self.n]
+            w = self.weights[row, : self.n].to(entries.dtype)
+            return (w @ entries.flatten(1)).view(entries.shape[1:])
+        w = self.weights[row, : self.n].to(self.items[0].dtype)
+        out = self.items[0] * w[0]
+        for j in range(1, self.n):
+            out = out + self.items[j] * w[j]
         return out
 
 
@@ -152,12 +195,12 @@ class ImplicitEuler(nn.Module):
     ) -> torch.Tensor:
         """``tolerance`` switches on adaptive corrections (docs/adaptive.md); ``usage`` then receives, per layer, a
         (B, T) tensor of the corrections each token actually took."""
-        entries = [h]
-        x = self.history.combine(entries, 0)
+        entries = self.history.begin(h)
+        x = entries.combine(0)
         for n, r in enumerate(self.corrections):
             f = evaluate(n, 0, x)  # initial value f^0 = F_n(x_n)       (Eq. 10 / Alg. 1 line 2)
             entries.append(self.history.store(n, x, f))
-            y = self.history.combine(entries, n + 1)  # y^0              (Eq. 11 with i = 0)
+            y = entries.combine(n + 1)  # y^0                            (Eq. 11 with i = 0)
             states = [x, y]
             active = torch.ones(y.shape[:-1], dtype=torch.bool, device=y.device) if tolerance is not None else None
             used = torch.zeros(y.shape[:-1], dtype=torch.long, device=y.device) if tolerance is not None else None
@@ -173,9 +216,9 @@ class ImplicitEuler(nn.Module):
                 if active is not None:
                     # Converged tokens keep their iterate (masking): the block still ran on it, so the cache slot of
                     # this pass holds the converged pass's keys/values, the value a fixed point would give.
-                    entry = torch.where(active[..., None], entry, entries[-1])
-                entries[-1] = entry  # replace, never append (Alg. 1 line 6)
-                y_next = self.history.combine(entries, n + 1)  # y^i      (Eq. 11)
+                    entry = torch.where(active[..., None], entry, entries.last())
+                entries.set_last(entry)  # replace, never append (Alg. 1 line 6)
+                y_next = entries.combine(n + 1)  # y^i                    (Eq. 11)
                 if active is not None:
                     used += active.long()
                     change = 1 - torch.nn.functional.cosine_similarity(y_next.float(), y.float(), dim=-1)
@@ -215,8 +258,8 @@ class PredictorCorrector(nn.Module):
         self.gamma.fill_(0.5)
 
     def forward(self, h: torch.Tensor, evaluate: Evaluate, trace: Trace = None) -> torch.Tensor:
-        entries = [h]
-        x = self.history.combine(entries, 0)
+        entries = self.history.begin(h)
+        x = entries.combine(0)
         for n in range(self.history.weights.shape[0] - 1):
             g = self.gamma[n if self.gamma.numel() > 1 else 0].to(h.dtype)
             stages = [evaluate(n, 0, x)]
@@ -227,7 +270,7 @@ class PredictorCorrector(nn.Module):
                 y_p = y_p + g * (1 - g) ** (self.order - k) * stage
             f = evaluate(n, self.order, y_p)
             entries.append(self.history.store(n, x, f))
-            y = self.history.combine(entries, n + 1)
+            y = entries.combine(n + 1)
             if trace is not None:
                 trace.append([x, y_p, y])
             x = y
