@@ -1,9 +1,9 @@
 """A pre-allocated KV cache with one slot per block evaluation (``SlotCache``).
 
-A scheme that evaluates layer ``n`` ``p_n`` times per token needs ``sum_n p_n`` cache slots (``config.num_block_evaluations``;
-slot ``model.model.slot_offsets[n] + i`` for pass ``i`` of layer ``n``, docs/architecture.md). ``DynamicCache`` grows every
-slot by concatenation, i.e. it re-allocates and copies ``slots x 2`` tensors per generated token. ``SlotCache`` allocates
-all of them once, as two tensors::
+A scheme that evaluates layer ``n`` ``p_n`` times per token needs ``sum_n p_n`` cache slots
+(``config.num_block_evaluations``; slot ``model.model.slot_offsets[n] + i`` for pass ``i`` of layer ``n``,
+docs/architecture.md). ``DynamicCache`` grows every slot by concatenation, i.e. it re-allocates and copies
+``slots x 2`` tensors per generated token. ``SlotCache`` allocates all of them once, as two tensors::
 
     keys, values: (slots, B, H_kv, max_length, D)
 
@@ -11,9 +11,15 @@ all of them once, as two tensors::
 attention sees exactly the keys/values the full forward would (cached == uncached, tests/test_bench.py), with no
 allocation per token. It subclasses ``transformers.cache_utils.Cache`` so that ``model.generate(...,
 past_key_values=SlotCache.for_model(model, batch_size, max_length))`` uses it.
+
+For CUDA-graph replay (``iiet.bench.graphs``) shapes and addresses must not change between steps: inside
+``with cache.writing_at(index):`` ``update`` writes at the positions held by the device tensor ``index`` and returns
+all ``max_length`` positions; the caller masks the unwritten ones and calls ``advance`` after each step.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -53,7 +59,8 @@ class SlotLayer(CacheLayerMixin):
             )
         if key_states.shape[0] != self.batch_size:
             raise IIETError(
-                f"SlotCache was built for batch size {self.batch_size}, got {key_states.shape[0]}; build one per batch size."
+                f"SlotCache was built for batch size {self.batch_size}, got {key_states.shape[0]}; "
+                "build one per batch size."
             )
         self.keys[:, :, start:end].copy_(key_states)
         self.values[:, :, start:end].copy_(value_states)
@@ -117,12 +124,16 @@ class SlotCache(Cache):
             num_kv_heads = config.num_key_value_heads if num_kv_heads is None else num_kv_heads
             head_dim = config.head_dim if head_dim is None else head_dim
         if min(num_slots, batch_size, max_length) < 1:
-            raise IIETError(f"SlotCache needs positive sizes, got slots={num_slots}, batch={batch_size}, length={max_length}.")
+            raise IIETError(
+                f"SlotCache needs positive sizes, got slots={num_slots}, batch={batch_size}, length={max_length}."
+            )
         shape = (num_slots, batch_size, num_kv_heads, max_length, head_dim)
-        # Uninitialised on purpose: a position is only ever read after it was written.
-        self.key_buffer = torch.empty(shape, dtype=dtype, device=device)
-        self.value_buffer = torch.empty(shape, dtype=dtype, device=device)
+        # Zeroed once: the fixed-shape mode attends over unwritten positions with weight 0, and 0 x NaN garbage
+        # would still be NaN.
+        self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
         super().__init__(layers=[SlotLayer(self.key_buffer[s], self.value_buffer[s]) for s in range(num_slots)])
+        self._write_index: torch.Tensor | None = None  # set only inside ``writing_at``
 
     @classmethod
     def for_model(cls, model, batch_size: int, max_length: int) -> "SlotCache":
@@ -131,7 +142,29 @@ class SlotCache(Cache):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         # Skips ``Cache.update``'s lazy-append and offloading checks: slots exist from construction.
-        return self.layers[layer_idx].update(key_states, value_states)
+        layer = self.layers[layer_idx]
+        if self._write_index is None:
+            return layer.update(key_states, value_states)
+        layer.keys.index_copy_(2, self._write_index, key_states)
+        layer.values.index_copy_(2, self._write_index, value_states)
+        return layer.keys, layer.values  # (B, H_kv, max_length, D): fixed shape and address
+
+    @contextmanager
+    def writing_at(self, index: torch.Tensor):
+        """Fixed-shape mode: ``update`` writes at positions ``index`` (a (T,) long tensor on the cache's device) and
+        returns every position, written or not; lengths stay as they are (call ``advance``)."""
+        self._write_index = index
+        try:
+            yield self
+        finally:
+            self._write_index = None
+
+    def advance(self, tokens: int) -> None:
+        """Count ``tokens`` positions written in fixed-shape mode."""
+        for layer in self.layers:
+            if layer.length + tokens > layer.max_length:
+                raise IIETError(f"SlotCache holds {layer.max_length} positions; cannot advance past it.")
+            layer.length += tokens
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].length

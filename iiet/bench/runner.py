@@ -1,0 +1,210 @@
+"""Time prefill and decode of several models side by side, in one process, under the same load.
+
+For each batch size every model gets one warm-up run, then ``repeats`` timed runs; the models take turns within each
+repetition (the starting model rotates), so a burst of load on a shared machine hits all of them alike, and the
+median of the repetitions is reported. A run = reset the model's ``SlotCache`` (allocated once per batch size),
+time the prefill of a ``(B, prompt_len)`` random prompt, then time ``new_tokens`` greedy decode steps.
+The decode step runs eagerly, compiled (``torch.compile``) or replayed from a CUDA graph (``graphs.py``).
+On CUDA the clock is read after ``torch.cuda.synchronize()`` and the transient memory of each run is measured with
+``torch.cuda.max_memory_allocated``; on CPU memory is reported analytically (weights + allocated cache).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from iiet.models.cache import SlotCache
+from iiet.models.costs import flops_per_token, kv_cache_bytes_per_token
+from iiet.models.modeling_iiet import IIETForCausalLM
+
+from .generation import decode, decode_step, prefill
+from .graphs import GraphDecodeStep
+from .specs import ModelSpec
+
+WARMUP_RUNS = 1
+PROMPT_SEED = 0
+WEIGHT_SEED = 0
+# Each compiled model re-traces the shared ``decode_step`` (dynamo guards on the module); allow one entry per model.
+COMPILE_CACHE_LIMIT = 64
+
+
+@dataclass
+class Settings:
+    batch_sizes: list[int]
+    prompt_len: int
+    new_tokens: int
+    repeats: int
+    device: torch.device
+    dtype: torch.dtype
+    compile: bool = False
+    cuda_graphs: bool = False
+
+
+@dataclass
+class Entry:
+    """One model under test: what it is, its weights, and its measurements per batch size."""
+
+    spec: ModelSpec
+    model: IIETForCausalLM
+    batches: dict[int, dict[str, Any]] = field(default_factory=dict)
+    step: Any = decode_step
+
+
+def resolve_device(device: str) -> tuple[torch.device, torch.dtype]:
+    """``"auto"`` -> CUDA if present; bf16 on GPU, fp32 on CPU (bf16 matmuls are 10-100x slower on this CPU)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+
+
+def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> IIETForCausalLM:
+    if spec.checkpoint is not None:
+        model = AutoModelForCausalLM.from_pretrained(spec.checkpoint, dtype=dtype).to(device)
+        if not isinstance(model, IIETForCausalLM):
+            raise TypeError(f"{spec.checkpoint} holds a {type(model).__name__}, not an iiet model.")
+    else:
+        torch.manual_seed(WEIGHT_SEED)
+        with torch.device(device):  # initialise on the device: fast for the large presets
+            model = IIETForCausalLM(spec.config)
+        model = model.to(dtype)
+    return model.eval()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _weights_bytes(model: torch.nn.Module) -> int:
+    tensors = {t.data_ptr(): t for t in (*model.parameters(), *model.buffers())}  # tied weights counted once
+    return sum(t.nbytes for t in tensors.values())
+
+
+def describe(entry: Entry, settings: Settings) -> dict[str, Any]:
+    """What the model is and costs per token (analytic), independent of timing."""
+    config = entry.model.config
+    cache = SlotCache.for_model(entry.model, 1, 1)  # a one-position cache: its bytes per token, as allocated
+    decode_context = settings.prompt_len + (settings.new_tokens + 1) / 2  # mean keys a decoded token attends to
+    return {
+        "label": entry.spec.label,
+        "spec": entry.spec.spec,
+        "source": entry.spec.checkpoint or "random weights",
+        "preset": entry.spec.preset,
+        "scheme": dict(config.scheme),
+        "num_layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "parameters": sum(p.numel() for p in entry.model.parameters()),
+        "block_evaluations": config.num_block_evaluations,
+        "flops_per_token": flops_per_token(config, round(decode_context)),
+        "kv_bytes_per_token": cache.bytes_per_token(),
+        "kv_bytes_per_token_analytic": kv_cache_bytes_per_token(config, settings.dtype),
+        "weights_bytes": _weights_bytes(entry.model),
+        "size": [config.vocab_size, config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+                 config.num_attention_heads, config.num_key_value_heads],
+    }
+
+
+@torch.inference_mode()
+def _run_once(entry: Entry, prompt: torch.Tensor, cache: SlotCache, settings: Settings) -> tuple[float, float, int]:
+    """One prefill + decode; returns (prefill seconds, decode seconds, transient CUDA bytes or 0)."""
+    device = settings.device
+    cache.reset()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    token = prefill(entry.model, prompt, cache)
+    _sync(device)
+    t1 = time.perf_counter()
+    decode(entry.model, token, cache, settings.new_tokens, step=entry.step)
+    _sync(device)
+    t2 = time.perf_counter()
+    transient = torch.cuda.max_memory_allocated(device) - resident if device.type == "cuda" else 0
+    return t1 - t0, t2 - t1, transient
+
+
+def _decode_step(settings: Settings):
+    if settings.compile:
+        return torch.compile(decode_step, dynamic=True)
+    if settings.cuda_graphs:
+        return GraphDecodeStep()  # one graph per (model, cache); a new one per batch size frees the old caches
+    return decode_step
+
+
+def measure(entries: list[Entry], settings: Settings, log=print) -> None:
+    """Fill ``entry.batches[B]`` for every batch size with timings (medians) and memory."""
+    if settings.compile:
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, COMPILE_CACHE_LIMIT)
+    vocab = min(e.model.config.vocab_size for e in entries)
+    max_length = settings.prompt_len + settings.new_tokens
+    for B in settings.batch_sizes:
+        prompt = torch.randint(1, vocab, (B, settings.prompt_len), generator=torch.Generator().manual_seed(PROMPT_SEED))
+        prompt = prompt.to(settings.device)
+        caches = [SlotCache.for_model(e.model, B, max_length) for e in entries]
+        for entry in entries:  # compiled or captured during the warm-up run
+            entry.step = _decode_step(settings)
+        runs: list[list[tuple[float, float, int]]] = [[] for _ in entries]
+        started = time.perf_counter()
+        for rep in range(WARMUP_RUNS + settings.repeats):
+            first = rep % len(entries)  # rotate who goes first
+            for k in [*range(first, len(entries)), *range(first)]:
+                result = _run_once(entries[k], prompt, caches[k], settings)
+                if rep >= WARMUP_RUNS:
+                    runs[k].append(result)
+        for entry, cache, timings in zip(entries, caches, runs):
+            prefill_s = [t[0] for t in timings]
+            decode_s = [t[1] for t in timings]
+            transient = max(t[2] for t in timings)
+            weights = _weights_bytes(entry.model)
+            measured = settings.device.type == "cuda"
+            entry.batches[B] = {
+                "prefill_s": prefill_s,
+                "decode_s": decode_s,
+                "prefill_tokens_per_s": B * settings.prompt_len / statistics.median(prefill_s),
+                "decode_tokens_per_s": B * settings.new_tokens / statistics.median(decode_s),
+                "decode_ms_per_step": 1e3 * statistics.median(decode_s) / settings.new_tokens,
+                "kv_cache_bytes": cache.nbytes,
+                "activation_peak_bytes": transient if measured else None,
+                "peak_memory_bytes": weights + cache.nbytes + transient,
+                "memory_measured": measured,
+            }
+        del caches
+        for entry in entries:
+            entry.step = decode_step
+        if settings.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log(f"batch {B}: {len(entries)} models x {WARMUP_RUNS}+{settings.repeats} runs in "
+            f"{time.perf_counter() - started:.1f}s")
+
+
+def machine(settings: Settings) -> dict[str, Any]:
+    """Where the numbers come from."""
+    info = {
+        "load_average": list(os.getloadavg()),  # 1/5/15 min at the end: other work while we measured
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(settings.device),
+        "dtype": str(settings.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if settings.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(settings.device)
+        info["cuda"] = torch.version.cuda
+    return info
