@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "info": "iiet.models.presets:info",
     "upcycle": "iiet.models.convert:upcycle",
     # -- commands --
+    "bench": "iiet.bench.commands:bench",
     "tokenizer-train": "iiet.data.commands:tokenizer_train",
     "data-prepare": "iiet.data.commands:data_prepare",
     "eval": "iiet.eval.commands:eval_command",
