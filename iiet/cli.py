@@ -13,8 +13,15 @@ import sys
 COMMANDS: dict[str, str] = {
     "info": "iiet.models.presets:info",
     "upcycle": "iiet.models.convert:upcycle",
+    "reproduce": "iiet.study.reproduce:reproduce",
     # -- commands --
     "bench": "iiet.bench.commands:bench",
+    "influence": "iiet.iiad.commands:influence",
+    "plan": "iiet.iiad.commands:plan",
+    "distill": "iiet.iiad.commands:distill",
+    "train": "iiet.train.commands:train",
+    "plot": "iiet.train.commands:plot",
+    "demo": "iiet.train.commands:demo",
     "tokenizer-train": "iiet.data.commands:tokenizer_train",
     "data-prepare": "iiet.data.commands:data_prepare",
     "eval": "iiet.eval.commands:eval_command",

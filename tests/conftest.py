@@ -52,6 +52,15 @@ def tiny_model(scheme, seed: int = 0, perturb: bool = True, **overrides) -> IIET
     return model
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and OpenMP threads spin badly on a shared CPU (~15x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=list(ALL_SCHEMES), ids=list(ALL_SCHEMES))
 def scheme(request):
     return ALL_SCHEMES[request.param]

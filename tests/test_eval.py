@@ -30,13 +30,6 @@ TRAINING_TEXT = (
 ) * 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models are overhead-bound: on a shared 2-core host, 2 threads made forwards ~8x slower than 1.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -167,11 +167,13 @@ def source_fingerprint(source: str, split: str = "train") -> dict[str, Any]:
         fingerprint = {"source": source, "python": platform.python_version()}
     else:
         files = resolve_files(source)
-        root = Path(os.path.commonpath([file.resolve() for file in files]))
+        root = Path(os.path.commonpath([file.absolute() for file in files]))
         fingerprint = {"source": source}
     if len(files) == 1:
         return {**fingerprint, "files": 1, "sha256": file_sha256(files[0])}
-    listing = "".join(f"{file_sha256(file)}  {file.resolve().relative_to(root).as_posix()}\n" for file in files)
+    # absolute(), not resolve(): a symbolic link inside the tree (e.g. a distribution's sitecustomize.py pointing
+    # to /etc) must keep its place under the root.
+    listing = "".join(f"{file_sha256(file)}  {file.absolute().relative_to(root).as_posix()}\n" for file in files)
     return {**fingerprint, "files": len(files), "sha256": hashlib.sha256(listing.encode()).hexdigest()}
 
 

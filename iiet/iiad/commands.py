@@ -1,0 +1,187 @@
+"""``iiet influence``, ``iiet plan`` and ``iiet distill``: the IIAD workflow on the command line (docs/iiad.md).
+
+    iiet influence --model runs/iiet/final --data data/wikitext --output_dir runs/influence
+    iiet plan --influence runs/influence/influence.json --rule e-iiet --output runs/influence/plan.json
+    iiet distill --teacher runs/iiet/final --plan runs/influence/plan.json --data.path data/enwiki \\
+        --optim.max_tokens 5000000000 --run.output_dir runs/e-iiet
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from iiet.train.config import DataConfig, OptimConfig, RunConfig
+
+INFLUENCE_FILE = "influence.json"
+HEATMAP_FILE = "iteration_influence.png"
+BLOCK_PLOT_FILE = "block_influence.png"
+DEFAULT_SEGMENT_TOKENS = 512
+DISTILL_LR = 2e-4  # Appendix B.2: cosine decay from 2e-4
+
+
+def influence(
+    model: str,
+    data: str,
+    num_segments: int = 5000,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    output_dir: str = "runs/influence",
+    split: str = "val",
+    tokenizer: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    compare: list[str] | None = None,
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Measure block influence (Eq. 12) and iteration influence (§4.1) of a model over random text segments.
+
+    Writes influence.json (the values and the model's identity), iteration_influence.png (the layer x iteration
+    heatmap of Figures 5/6) and block_influence.png (per-layer block influence, Figure 4) into output_dir.
+
+    Args:
+        model: Model directory saved with save_pretrained (e.g. a training run's final/).
+        data: Prepared data folder (iiet data-prepare) or a text source (file, directory, glob, builtin), e.g.
+            /work/shared/data/wikitext-2-raw/valid.raw.
+        num_segments: Segments to sample (the paper uses 5,000); fewer if the data holds fewer.
+        seq_len: Maximum tokens per segment (prepared rows are cut to this length; text is split into pieces of it);
+            default 512, or the model's max_position_embeddings when that is smaller.
+        batch_size: Segments per forward pass.
+        output_dir: Where influence.json and the two pictures go.
+        split: Split of prepared data to sample from (train or val).
+        tokenizer: Tokenizer for a text source (default: the one saved in the model directory).
+        seed: Seed of the segment sample.
+        device: cpu, cuda, cuda:N or auto (CUDA when available).
+        dtype: Dtype the model runs in; cosines are always accumulated in float64.
+        compare: Other influence.json files to draw next to this model in block_influence.png (e.g. a Transformer++).
+        progress_bar: Show a progress bar.
+    """
+    from iiet.iiad.identity import load_model, resolve_device, resolve_dtype
+    from iiet.iiad.influence import Influence, compute_influence
+    from iiet.iiad.plots import plot_block_influence, plot_iteration_influence
+    from iiet.iiad.segments import is_prepared_data, sample_segments
+
+    others = [Influence.load(path) for path in compare or []]  # fail on a bad path before the long part
+    network = load_model(model, resolve_device(device), resolve_dtype(dtype))
+    if seq_len is None:
+        seq_len = min(DEFAULT_SEGMENT_TOKENS, network.config.max_position_embeddings)
+    if seq_len > network.config.max_position_embeddings:
+        from iiet.errors import IIETError
+
+        raise IIETError(f"seq_len={seq_len} exceeds the model's max_position_embeddings "
+                        f"({network.config.max_position_embeddings}); lower --seq_len.")
+    if tokenizer is None and not is_prepared_data(data):
+        tokenizer = model
+    segments, description = sample_segments(data, num_segments, seq_len, network.config.vocab_size, tokenizer,
+                                            split, seed)
+    result = compute_influence(network, segments, batch_size, model_path=model, data=description,
+                               progress=progress_bar)
+    out = Path(output_dir)
+    files = {
+        "influence": result.save(out / INFLUENCE_FILE),
+        "heatmap": plot_iteration_influence(result, out / HEATMAP_FILE),
+        "block_plot": plot_block_influence([result, *others], out / BLOCK_PLOT_FILE),
+    }
+    print(f"{result.data['num_segments']} segments, {result.data['num_tokens']:,} tokens")
+    print("block influence:     " + " ".join(f"{v:.3f}" for v in result.block))
+    for label, row in zip(result.row_labels(), _rows(result.iteration)):
+        print(f"{label:<20} " + " ".join("  -  " if v is None else f"{v:.3f}" for v in row))
+    for name, path in files.items():
+        print(f"{name}: {path}")
+    return {name: str(path) for name, path in files.items()}
+
+
+def _rows(iteration: list[list[float]]) -> list[list[float | None]]:
+    depth = max(len(row) for row in iteration)
+    return [[row[i] if i < len(row) else None for row in iteration] for i in range(depth)]
+
+
+def plan(
+    influence: str,
+    rule: Literal["e-iiet", "lower-bound", "threshold", "budget"] = "e-iiet",
+    threshold: float | None = None,
+    budget_evaluations: int | None = None,
+    budget_flops_fraction: float | None = None,
+    keep: Literal["count", "leading", "through-last"] = "count",
+    context: int = 2048,
+    output: str = "plan.json",
+) -> dict[str, Any]:
+    """Turn measured iteration influence into an iteration plan (corrections per layer) for an efficient IIET.
+
+    Prints corrections, block evaluations and FLOPs per token before -> after, and writes the plan with the scheme
+    to give the student (docs/iiad.md explains the rules).
+
+    Args:
+        influence: influence.json written by iiet influence.
+        rule: e-iiet (the paper: threshold = smallest initial-compute influence), lower-bound (no corrections),
+            threshold (give --threshold) or budget (give --budget_evaluations or --budget_flops_fraction).
+        threshold: Influence a correction must reach to count as influential (rule threshold).
+        budget_evaluations: At most this many block evaluations per token in total, initial computations included
+            (rule budget).
+        budget_flops_fraction: At most this fraction of the measured model's forward FLOPs per token (rule budget).
+        keep: How influential corrections become a per-layer count (e-iiet, threshold): count = as many as are
+            influential, leading = those before the first non-influential one, through-last = up to the last
+            influential one.
+        context: Keys attended per token when counting attention FLOPs.
+        output: The plan file to write.
+    """
+    from iiet.iiad.influence import Influence
+    from iiet.iiad.plan import make_plan
+
+    result = make_plan(Influence.load(influence), rule, threshold, budget_evaluations, budget_flops_fraction, keep,
+                       context, influence_file=influence)
+    path = result.save(output)
+    print(result.summary())
+    print(f"student scheme: {result.scheme}")
+    print(f"plan: {path}")
+    return {"iteration_plan": result.iteration_plan, "scheme": result.scheme, "output": str(path)}
+
+
+def distill(
+    teacher: str,
+    plan: str | None = None,
+    student_scheme: dict[str, Any] | str | None = None,
+    student: str | None = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    tau: float = 1.0,
+    data: DataConfig = DataConfig(),
+    optim: OptimConfig = OptimConfig(lr=DISTILL_LR),
+    run: RunConfig = RunConfig(output_dir="runs/distill"),
+) -> dict[str, Any]:
+    """Iteration Influence-Aware Distillation: continue pretraining an efficient student against its full teacher.
+
+    The student is the teacher's weights under a cheaper scheme (the plan's E-IIET / Lower Bound, or e.g.
+    --student_scheme euler for Distil PCformer); the loss is CE + alpha * MSE(block outputs) + beta * KL(logits / tau)
+    (Eq. 13-15). Training options, checkpoints, resume and DDP/FSDP2 are those of iiet train; the student is
+    exported to <run.output_dir>/final.
+
+    Args:
+        teacher: The full model: a directory saved with save_pretrained (e.g. a training run's final/).
+        plan: plan.json from iiet plan (the student runs the teacher's IIET scheme with that iteration plan).
+        student_scheme: Instead of a plan, the student's scheme: euler, or a dict such as
+            {name: iiet, iteration_plan: [0, 1, 2, 0]}.
+        student: Initialise the student from this checkpoint instead of the teacher's weights.
+        alpha: Weight of the per-block hidden-state MSE (Eq. 13, mean over blocks, tokens and hidden units).
+        beta: Weight of the logit KL divergence (Eq. 14; summed over the vocabulary, mean over tokens).
+        tau: Distillation temperature (no tau^2 factor is applied).
+        data: Prepared training data (as in iiet train); the paper uses a third of the pretraining tokens.
+        optim: Optimizer and run length (the paper: cosine decay from 2e-4, otherwise as pretraining).
+        run: Output directory, resume, parallelism, precision, logging/eval/checkpoint cadence.
+    """
+    from iiet.iiad.distill import DistillConfig, DistillTrainConfig
+    from iiet.iiad.distill import distill as run_distillation
+
+    config = DistillTrainConfig(
+        data=data, optim=optim, run=run,
+        distill=DistillConfig(teacher=teacher, plan=plan, student_scheme=student_scheme, student=student,
+                              alpha=alpha, beta=beta, tau=tau),
+    )
+    summary = run_distillation(config)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return summary
+    shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in summary.items()}
+    print("  ".join(f"{k}={v}" for k, v in shown.items()))
+    return summary

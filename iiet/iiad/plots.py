@@ -1,0 +1,91 @@
+"""Pictures of influence: the layer x iteration heatmap (paper Figures 5 and 6) and per-layer block influence of
+several models (Figure 4). Matplotlib with the Agg backend, so they draw without a display."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from iiet.iiad.influence import Influence
+
+CELL_INCHES = 0.55  # heatmap cell width: room for a two-decimal annotation
+DARK_TEXT_FRACTION = 0.6  # cells darker than this fraction of the colour range get white text
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def influence_matrix(influence: Influence) -> np.ndarray:
+    """(rows, layers) array of iteration influence, NaN where a layer has fewer iterations."""
+    rows = max(len(row) for row in influence.iteration)
+    matrix = np.full((rows, len(influence.iteration)), np.nan)
+    for n, row in enumerate(influence.iteration):
+        matrix[: len(row), n] = row
+    return matrix
+
+
+def plot_iteration_influence(influence: Influence, path: str | Path, title: str | None = None) -> Path:
+    """Heatmap of iteration influence: layers left to right, initial compute at the bottom, annotated cells."""
+    plt = _pyplot()
+    matrix = influence_matrix(influence)
+    rows, layers = matrix.shape
+    figure, axis = plt.subplots(figsize=(max(4.0, CELL_INCHES * layers + 2.5), 0.6 * rows + 1.6))
+    cmap = plt.get_cmap("Blues").with_extremes(bad="white")  # a layer without this iteration: an empty cell
+    vmax = float(np.nanmax(matrix)) or 1.0
+    image = axis.imshow(np.ma.masked_invalid(matrix), cmap=cmap, origin="lower", aspect="auto", vmin=0.0, vmax=vmax)
+    for i in range(rows):
+        for n in range(layers):
+            if not np.isnan(matrix[i, n]):
+                color = "white" if matrix[i, n] > DARK_TEXT_FRACTION * vmax else "black"
+                axis.text(n, i, f"{matrix[i, n]:.2f}", ha="center", va="center", fontsize=7, color=color)
+    axis.set_xticks(range(layers), [str(n) for n in range(layers)])
+    axis.set_yticks(range(rows), influence.row_labels())
+    axis.set_xlabel("layer index")
+    axis.set_ylabel("iteration calculation phase")
+    figure.colorbar(image, ax=axis, label="influence (1 - cos)")
+    axis.set_title(title or f"Iteration influence ({_model_label(influence)})")
+    return _save(figure, path)
+
+
+def plot_block_influence(
+    influences: list[Influence], path: str | Path, labels: list[str] | None = None, title: str | None = None
+) -> Path:
+    """Block influence per layer, one line per model (higher = the layer changes its input more)."""
+    plt = _pyplot()
+    labels = labels or [_model_label(x) for x in influences]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for i, (influence, label) in enumerate(zip(influences, labels)):
+        axis.plot(range(len(influence.block)), influence.block, marker="o", markersize=3, color=f"C{i}", label=label)
+    axis.set_xlabel("layer index")
+    axis.set_ylabel("block influence (1 - cos)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    axis.set_title(title or "Block influence")
+    return _save(figure, path)
+
+
+def _model_label(influence: Influence) -> str:
+    scheme = dict(influence.model.get("scheme", {}))
+    name = scheme.pop("name", "?")
+    shown = {k: v for k, v in scheme.items() if v is not None and k not in ("history", "adaptive_tolerance")}
+    if name == "iiet" and shown.get("iteration_plan") is not None:
+        shown.pop("num_iterations", None)
+    extra = ", ".join(f"{k}={v}" for k, v in shown.items())
+    return f"{name} ({extra})" if extra else name
+
+
+def _save(figure, path: str | Path) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+    return path

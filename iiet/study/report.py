@@ -1,0 +1,157 @@
+"""``results.md`` of a study: tables shaped like the paper's Tables 1, 3 and 5, figures, seeds, tokens, wall time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+from iiet.eval.report import markdown_table
+
+from .reproduce import ARMS, LABELS, MULTI_SEED_ARMS, Study, machine, mean_spread
+
+R_SWEEP = ("dlcl", "iiet-r1", "iiet-r2", "iiet-r3")  # r = 0 .. 3 (Table 5, Figure 2)
+IIAD_ROWS = ("distil-pcformer", "lower-bound", "e-iiet")
+
+
+def _runs_of(study: Study, arm: str) -> list[str]:
+    return sorted(k for k in study.state.get("eval", {}) if k == arm or k.rsplit("-s", 1)[0] == arm)
+
+
+def _fmt(values: list[float], decimals: int = 3) -> str:
+    if not values:
+        return "–"
+    mean, spread = mean_spread(values)
+    return f"{mean:.{decimals}f}" + (f" ± {spread / 2:.{decimals}f} (n={len(values)})" if len(values) > 1 else "")
+
+
+def _perplexity_table(study: Study, arms: tuple[str, ...] | list[str]) -> str:
+    texts = list(study.settings["eval_texts"])
+    headers = ["Model", "val ppl (in-domain)"] + [f"{Path(t).parent.name}/{Path(t).name} ppl / bpb" for t in texts]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    for arm in arms:
+        runs = [study.state["eval"][k] for k in _runs_of(study, arm)]
+        if not runs:
+            continue
+        cells = [LABELS.get(arm, arm), _fmt([r["val"]["perplexity"] for r in runs if r.get("val")], 2)]
+        for text in texts:
+            ppl = [r["texts"][text]["token_perplexity"] for r in runs if text in r.get("texts", {})]
+            bpb = [r["texts"][text]["bits_per_byte"] for r in runs if text in r.get("texts", {})]
+            cells.append(f"{_fmt(ppl, 2)} / {_fmt(bpb, 3)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _zero_shot_table(study: Study, arms) -> str:
+    results = {}
+    for arm in arms:
+        for key in _runs_of(study, arm):
+            zero_shot = study.state["eval"][key].get("zero_shot")
+            if zero_shot:
+                results[f"{LABELS.get(arm, arm)} ({key.rsplit('-', 1)[-1]})" if arm in MULTI_SEED_ARMS else
+                        LABELS.get(arm, arm)] = {"results": zero_shot}
+    return markdown_table(results) if results else "_zero-shot suite not run (no eval_data_dir)_\n"
+
+
+def _bench_table(study: Study) -> str:
+    path = study.root / "bench" / "bench.md"
+    return path.read_text() + "\n" if path.is_file() else "_benchmark not run_\n"
+
+
+def _figure_r_sweep(study: Study, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = []
+    for r, arm in enumerate(R_SWEEP):
+        runs = [study.state["eval"][k] for k in _runs_of(study, arm)]
+        values = [x["val"]["perplexity"] for x in runs if x.get("val")]
+        if values:
+            points.append((r, statistics.mean(values), values))
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="IIET (r = 0 is DLCL)")
+    for r, _, values in points:
+        ax.scatter([r] * len(values), values, color="tab:blue", alpha=0.4, s=12)
+    for arm, style in (("transformer++", "--"), ("pcformer", ":")):
+        runs = [study.state["eval"][k] for k in _runs_of(study, arm)]
+        values = [x["val"]["perplexity"] for x in runs if x.get("val")]
+        if values:
+            ax.axhline(statistics.mean(values), linestyle=style, color="gray", label=LABELS[arm])
+    ax.set_xlabel("iterations r")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_xticks(range(len(R_SWEEP)))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_report(study: Study) -> Path:
+    figures = study.root / "figures"
+    figures.mkdir(exist_ok=True)
+    s, state = study.settings, study.state
+    from iiet.train.commands import plot
+
+    runs = sorted(p for p in (study.root / "runs").glob("*") if (p / "metrics.jsonl").is_file())
+    if runs:
+        plot(runs=[str(p) for p in runs], output=str(figures / "loss_curves.png"))
+    r_sweep = _figure_r_sweep(study, figures / "ppl_vs_r.png")
+    for name in ("iteration_influence.png", "block_influence.png"):
+        source = study.root / "iiad" / "influence" / name
+        if source.is_file():
+            shutil.copy2(source, figures / name)
+    plans = {}
+    for rule in ("e-iiet", "lower-bound"):
+        plan_file = study.root / "iiad" / f"plan-{rule}.json"
+        if plan_file.is_file():
+            plans[rule] = json.loads(plan_file.read_text())
+
+    tier = s["tier"]
+    lines = [
+        "# Reproduction study" + (" — pipeline tier (smoke run, not evidence)" if tier == "pipeline" else ""),
+        "",
+        f"Command: `{state.get('command', 'iiet reproduce')}`",
+        "",
+        f"Machine: {json.dumps(machine())}",
+        "",
+        f"Preset **{s['preset']}**, {s['train_tokens']:,} pretraining tokens per model (sequence length {s['seq_len']}, "
+        f"{s['batch_tokens']:,} tokens per step, lr {s['lr']}), history reading `{s['history']}`; seeds: "
+        f"{s['seeds']} for {', '.join(LABELS[a] for a in MULTI_SEED_ARMS)}, 1 for the others. Distillation: "
+        f"{s['distill_fraction']:.2f} x the pretraining tokens. Values with ± are mean ± half the spread over seeds.",
+        "",
+        "Wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in state.get("wall_s", {}).items()),
+        "",
+        "## Pretraining: perplexity (Figure 2 / Table 1 columns)",
+        "",
+        _perplexity_table(study, [a for a in ARMS if a in s["arms"]]),
+        "## Pretraining: zero-shot suite (Table 1 shape)" + (f", {s['eval_limit']} documents per task" if s["eval_limit"] else ""),
+        "",
+        _zero_shot_table(study, [a for a in ARMS if a in s["arms"]]),
+        "## Iterations r (Table 5 / Figure 2 shape)",
+        "",
+        _perplexity_table(study, ("transformer++", "pcformer") + R_SWEEP),
+    ]
+    if r_sweep:
+        lines += ["![perplexity vs r](figures/ppl_vs_r.png)", ""]
+    lines += ["## IIAD: plans and distillation (Table 1, lower half)", ""]
+    for rule, plan in plans.items():
+        evals = plan.get("block_evaluations", {})
+        lines.append(f"- {rule}: plan `{plan['iteration_plan']}`, block evaluations per token "
+                     f"{evals.get('before', '?')} -> {evals.get('after', '?')}")
+    lines += ["", _perplexity_table(study, ("iiet-r3",) + IIAD_ROWS), _zero_shot_table(study, ("iiet-r3",) + IIAD_ROWS)]
+    if (figures / "iteration_influence.png").is_file():
+        lines += ["![iteration influence](figures/iteration_influence.png)", ""]
+    if (figures / "block_influence.png").is_file():
+        lines += ["![block influence](figures/block_influence.png)", ""]
+    lines += ["## Inference (Table 3 shape)", "", _bench_table(study), "## Loss curves", "",
+              "![loss curves](figures/loss_curves.png)" if runs else "_no runs_", ""]
+    path = study.root / "results.md"
+    path.write_text("\n".join(lines))
+    return path
+

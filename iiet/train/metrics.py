@@ -1,0 +1,73 @@
+"""Run metrics: one JSON object per line in ``metrics.jsonl`` (the source of truth), mirrored to TensorBoard.
+
+Records::
+
+    {"step": 100, "tokens": 819200, "loss": 5.21, "lr": 0.0003, "grad_norm": 0.8, "tokens_per_s": 3100.0, ...}
+    {"step": 100, "tokens": 819200, "val_loss": 5.30, "val_ppl": 200.3}
+
+``loss`` (and any other training metric) is the mean over the optimizer steps since the previous record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLogger:
+    """Appends records to ``<output_dir>/metrics.jsonl`` and, when tensorboard is installed, to ``tensorboard/``.
+
+    On resume from step ``resume_step``, records written after that step (by the interrupted run) are dropped first,
+    so the file always describes one consistent trajectory.
+    """
+
+    def __init__(self, output_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True):
+        self.path = Path(output_dir) / METRICS_FILE
+        if resume_step is not None and self.path.exists():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.path)
+        elif resume_step is None:
+            self.path.unlink(missing_ok=True)  # a fresh run in this directory starts a fresh trajectory
+        self.file = open(self.path, "a", buffering=1)
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resume_step)
+            except ImportError:  # tensorboard is optional; metrics.jsonl has everything
+                self.writer = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for name, value in record.items():
+                if name not in ("step", "tokens") and isinstance(value, (int, float)) and math.isfinite(value):
+                    group = "val" if name.startswith("val_") else "train"
+                    self.writer.add_scalar(f"{group}/{name.removeprefix('val_')}", value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` (or of ``<run dir>/metrics.jsonl``); a torn last line is ignored."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a run killed mid-write leaves at most one partial line
+            continue
+    return records
