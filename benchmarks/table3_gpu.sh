@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU numbers of docs/benchmarks.md, bf16: Table 3 sizes (340M with the r sweep of Figure 3b, then 740M), with the
-# decode step eager and replayed from CUDA graphs, and the history-combination experiment.
+# decode step eager and replayed from CUDA graphs.
 # Each run is capped so that one slow run cannot starve the others.
 # Usage: benchmarks/table3_gpu.sh OUTPUT_DIR   (needs jsonargparse; see docs/benchmarks.md)
 set -uo pipefail
@@ -16,5 +16,3 @@ for graphs in false true; do
   timeout 120 "$py" benchmarks/inference.py --preset 740M "${common[@]}" --cuda_graphs $graphs \
     --output_dir "$out/740m$suffix"
 done
-timeout 90 "$py" benchmarks/history_combine.py --preset 340M --device cuda --batch_size 1 --prompt_len 128 \
-  --new_tokens 32 --repeats 3
