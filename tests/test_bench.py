@@ -105,7 +105,8 @@ def test_model_specs():
     spec = parse_spec("cpu-small:e-iiet=0,1,0,2", "tiny")
     assert spec.config.scheme["iteration_plan"] == [0, 1, 0, 2] and spec.preset == "cpu-small"
     assert parse_spec("iiet=2", "tiny").label == "IIET (r=2)"
-    for bad in ("resnet", "huge:iiet", "iiet=two"):
+    assert parse_spec("adaptive=0.01", "tiny").config.scheme["adaptive_tolerance"] == 0.01
+    for bad in ("resnet", "huge:iiet", "iiet=two", "adaptive=tight"):
         with pytest.raises(IIETError):
             parse_spec(bad, "tiny")
 
@@ -121,14 +122,15 @@ BATCH_FIELDS = {"prefill_s", "decode_s", "prefill_tokens_per_s", "decode_tokens_
 def test_bench_writes_a_complete_report(tmp_path, capsys):
     checkpoint = tmp_path / "my-iiet"
     IIETForCausalLM(build_config("tiny", {"name": "iiet", "num_iterations": 1})).save_pretrained(checkpoint)
-    models = ["transformer++", "pcformer", "iiet", "e-iiet", "lower-bound", str(checkpoint)]
+    models = ["transformer++", "pcformer", "iiet", "e-iiet", "lower-bound", "adaptive", str(checkpoint)]
     bench(models=models, preset="tiny", batch_sizes=[1, 2], prompt_len=4, new_tokens=2, repeats=1,
           device="cpu", cuda_graphs=True, output_dir=str(tmp_path / "out"))  # the graph step runs eagerly on CPU
     out = capsys.readouterr().out
     table = out[out.index("| model | params") :].split("\n\n")[0]  # Table 3, before the targets table
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [m["label"] for m in result["models"]] == [
-        "Transformer++", "PCformer", "IIET (r=3)", "E-IIET (sum r=2)", "Lower Bound", "my-iiet"]
+        "Transformer++", "PCformer", "IIET (r=3)", "E-IIET (sum r=2)", "Lower Bound", "IIET adaptive (tol=0.001)",
+        "my-iiet"]
     for m in result["models"]:
         assert MODEL_FIELDS <= m.keys(), MODEL_FIELDS - m.keys()
         assert m["baseline"] == "Transformer++" and m["kv_bytes_per_token"] == m["kv_bytes_per_token_analytic"]

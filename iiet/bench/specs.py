@@ -10,6 +10,7 @@ spec                    scheme                                                  
 ``e-iiet[=r0,r1,...]``  ``iiet`` with an iteration plan (default: ``default_plan``)   E-IIET
 ``lower-bound``         ``iiet`` with a plan of zeros (E-IIET without corrections)   Lower Bound
 ``trans-ws[=K]``        ``weight_shared``, ``K`` repeats (default 4)                 Trans WS (k=K)
+``adaptive[=TOL]``      ``iiet`` r=3 with ``adaptive_tolerance`` TOL (default 1e-3)  IIET adaptive
 ``path/to/checkpoint``  whatever the checkpoint's config says                        the folder name
 ======================  ===========================================================  =================
 
@@ -75,12 +76,19 @@ def _scheme(name: str, value: str | None, num_layers: int, spec: str) -> tuple[d
         return {"name": "iiet", "iteration_plan": plan}, f"E-IIET (sum r={sum(plan)})"
     if name == "lower-bound":
         return {"name": "iiet", "iteration_plan": [0] * num_layers}, "Lower Bound"
+    if name == "adaptive":
+        try:
+            tol = float(value) if value else 1e-3
+        except ValueError:
+            raise IIETError(f"model spec {spec!r}: {value!r} is not a number.") from None
+        scheme = {"name": "iiet", "num_iterations": IIET_ITERATIONS, "adaptive_tolerance": tol}
+        return scheme, f"IIET adaptive (tol={tol:g})"
     if name == "trans-ws":
         k = _int(value, spec) if value else 4
         return {"name": "weight_shared", "repeats": k}, f"Trans WS (k={k})"
     raise IIETError(
         f"unknown model spec {spec!r}: use [PRESET:]NAME[=VALUE] with NAME one of transformer++, dlcl, pcformer, "
-        "iiet, e-iiet, lower-bound, trans-ws, or a checkpoint directory."
+        "iiet, e-iiet, lower-bound, trans-ws, adaptive, or a checkpoint directory."
     )
 
 
