@@ -2,8 +2,8 @@
 
 Each configuration runs full training steps (forward, backward, AdamW step) on random tokens at one preset; the
 schemes are interleaved across repetitions so that load on a shared machine hits all of them alike, and the median
-step time is reported. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the growth of the peak resident set of
-a fresh subprocess per configuration above its size after imports (weights + optimizer + activations + slack).
+step time is reported. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU weights + gradients + optimizer state plus the
+activation bytes autograd saves for backward (``saved_tensors_hooks``), since the CPU allocator keeps no peak.
 
     python benchmarks/training.py --preset cpu-small --seq_len 256 --batch_size 4           # CPU
     python benchmarks/training.py --preset 55M --seq_len 2048 --batch_size 8 --device cuda  # GPU (bf16 autocast)
@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -62,20 +60,28 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def cpu_peak_rss(variant: str, args) -> float:
-    """Peak RSS growth (bytes) of a fresh process running two steps of one variant, above its post-import size."""
-    code = (
-        "import resource, sys, torch; sys.argv = ['x'];"
-        "from benchmarks.training import build, step;"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        f"m, o = build({variant!r}, {args.preset!r}, 'cpu');"
-        f"ids = torch.randint(0, m.config.vocab_size, ({args.batch_size}, {args.seq_len}));"
-        "step(m, o, ids, 'cpu'); step(m, o, ids, 'cpu');"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)"
-    )
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
-    return float(out.stdout.strip().splitlines()[-1])
+def cpu_memory(variant: str, args) -> float:
+    """Training memory on CPU: weights + gradients + AdamW's two moments (4 x parameter bytes) plus the bytes autograd
+    saves for the backward pass, measured with ``saved_tensors_hooks`` (each storage counted once). This is the part
+    activation checkpointing changes; the CPU allocator has no peak counter of its own."""
+    model, _ = build(variant, args.preset, "cpu")
+    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq_len))
+    seen: set[int] = set()
+    saved = 0
+
+    def pack(tensor):
+        nonlocal saved
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            saved += storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return float(4 * params + saved)
 
 
 def _ratio(value: float | None) -> str:
@@ -118,7 +124,7 @@ def main() -> None:
             if not built:
                 del model, optimizer
     if args.device != "cuda":
-        peak = {v: cpu_peak_rss(v, args) for v in args.variants}
+        peak = {v: cpu_memory(v, args) for v in args.variants}
 
     tokens = args.batch_size * args.seq_len
     base_time = statistics.median(times["Transformer++"]) if "Transformer++" in times else None
