@@ -168,15 +168,21 @@ def reproduce(
     study.state["command"] = "iiet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     data_dir = Path(data) if data else study.root / "data"
 
-    trained = study.timed("pretrain", _pretrain, study, data_dir)
+    from iiet.study.report import write_report
+
+    # Seed 0 of every arm first, then IIAD and the benchmark, then the extra seeds: a study cut short still has
+    # one complete pass through every step (and the report is rewritten after each phase).
+    trained = study.timed("pretrain", _pretrain, study, data_dir, 1)
     study.timed("evaluate", _evaluate, study, trained, data_dir)
     if "iiet-r3" in trained:
         study.timed("iiad", _iiad, study, trained, data_dir)
     if bench:
         study.timed("bench", _bench, study)
-    from iiet.study.report import write_report
-
     path = write_report(study)
+    if study.settings["seeds"] > 1:
+        trained = study.timed("pretrain", _pretrain, study, data_dir, study.settings["seeds"])
+        study.timed("evaluate", _evaluate, study, trained, data_dir)
+        path = write_report(study)
     print(f"study report: {path}")
     return path
 
@@ -199,13 +205,14 @@ def _train_config(study: Study, data_dir: Path, scheme: dict, seed: int, out: Pa
     )
 
 
-def _pretrain(study: Study, data_dir: Path) -> dict[str, list[Path]]:
+def _pretrain(study: Study, data_dir: Path, seeds: int) -> dict[str, list[Path]]:
+    """Train (or find) seeds ``0 .. seeds-1`` of the multi-seed arms and seed 0 of the others."""
     from iiet.train.commands import train
 
     trained: dict[str, list[Path]] = {}
     for arm in study.settings["arms"]:
-        seeds = range(study.settings["seeds"]) if arm in MULTI_SEED_ARMS else range(1)
-        for seed in seeds:
+        seeds_of_arm = range(seeds) if arm in MULTI_SEED_ARMS else range(1)
+        for seed in seeds_of_arm:
             out = study.run_dir(f"{arm}-s{seed}")
             if not _done(out / "final"):
                 print(f"[reproduce] pretrain {arm} seed {seed} -> {out}", flush=True)
