@@ -51,7 +51,9 @@ def _done(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def text_perplexity(model_dir: str | Path, text_file: str | Path, seq_len: int, device: str = "cpu") -> dict[str, float]:
+def text_perplexity(
+    model_dir: str | Path, text_file: str | Path, seq_len: int, device: str = "cpu", batch_size: int = 16
+) -> dict[str, float]:
     """Token perplexity and bits per byte of a whole text file, in non-overlapping windows of ``seq_len`` tokens.
 
     Bits per byte (total nats / ln 2 / UTF-8 bytes) is comparable across tokenizers; token perplexity only within one.
@@ -62,21 +64,17 @@ def text_perplexity(model_dir: str | Path, text_file: str | Path, seq_len: int, 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     text = Path(text_file).read_text(encoding="utf-8")
     ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
-    nll, count = 0.0, 0
+    usable = (len(ids) - 1) // seq_len * seq_len  # whole windows; each predicts seq_len tokens
+    inputs = ids[:usable].view(-1, seq_len)
+    targets = ids[1 : usable + 1].view(-1, seq_len)
+    nll = 0.0
     with torch.no_grad():
-        for start in range(0, len(ids) - 1, seq_len):
-            window = ids[start : start + seq_len + 1]
-            if len(window) < 2:
-                break
-            x = window[None].to(device)
-            logits = model(x[:, :-1], use_cache=False).logits.float()
-            nll += torch.nn.functional.cross_entropy(logits[0], x[0, 1:], reduction="sum").item()
-            count += len(window) - 1
-    return {
-        "tokens": count,
-        "token_perplexity": math.exp(nll / count),
-        "bits_per_byte": nll / math.log(2) / len(text.encode("utf-8")),
-    }
+        for x, y in zip(inputs.split(batch_size), targets.split(batch_size)):
+            logits = model(x.to(device), use_cache=False).logits.float()
+            nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten().to(device), reduction="sum").item()
+    count = targets.numel()
+    scored_bytes = len(tokenizer.decode(ids[1 : usable + 1]).encode("utf-8"))
+    return {"tokens": count, "token_perplexity": math.exp(nll / count), "bits_per_byte": nll / math.log(2) / scored_bytes}
 
 
 class Study:
