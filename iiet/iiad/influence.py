@@ -20,7 +20,6 @@ Trans WS: each repeat); block influence applies to every scheme.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from iiet.errors import IIETError
+from iiet.iiad.files import read_json, write_json
 
 FORMAT = "iiet-influence"
 FORMAT_VERSION = 1
@@ -105,20 +105,11 @@ class Influence:
         return [f"pass {i + 1}" for i in range(rows)]
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}, indent=1) + "\n")
-        return path
+        return write_json(path, FORMAT, FORMAT_VERSION, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> "Influence":
-        path = Path(path)
-        if not path.is_file():
-            raise IIETError(f"influence file {path} does not exist; make one with `iiet influence`.")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise IIETError(f"{path} is not JSON ({error}); give an influence.json written by `iiet influence`.")
+        raw = read_json(path, "influence file", "iiet influence")
         if raw.get("format") != FORMAT:
             raise IIETError(f"{path} is not an influence file (format {raw.get('format')!r}); give an influence.json "
                             "written by `iiet influence`.")

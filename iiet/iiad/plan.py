@@ -27,7 +27,6 @@ layer ``n`` (``Influence.iteration[n][i]``; entry 0 is the initial computation, 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from itertools import accumulate
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from iiet.errors import IIETError
+from iiet.iiad.files import read_json, write_json
 from iiet.iiad.influence import Influence
 
 RULES = ("e-iiet", "lower-bound", "threshold", "budget")
@@ -143,21 +143,12 @@ class Plan:
         return "\n".join(lines)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}, indent=1) + "\n")
-        return path
+        return write_json(path, FORMAT, FORMAT_VERSION, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         """Read a plan file; a hand-written ``{"iteration_plan": [...]}`` is accepted too."""
-        path = Path(path)
-        if not path.is_file():
-            raise IIETError(f"plan file {path} does not exist; make one with `iiet plan`.")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise IIETError(f"{path} is not JSON ({error}); give a plan.json written by `iiet plan`.")
+        raw = read_json(path, "plan file", "iiet plan")
         plan = raw.get("iteration_plan") if isinstance(raw, dict) else None
         if not isinstance(plan, list) or any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in plan):
             raise IIETError(f"{path} has no valid iteration_plan (a list of integers >= 0, one per layer).")
