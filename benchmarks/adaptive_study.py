@@ -7,6 +7,10 @@ For a trained IIET checkpoint and a held-out split of prepared data, measures fo
   takes: tests/test_adaptive.py);
 * the corrections actually taken (average per token per layer) and the block evaluations per token;
 * greedy decode tokens/s at batch size 1 (where a converged token really skips its remaining block evaluations);
+* for batched decoding (``--batch_size`` rows decoded together): the block evaluations per token that masking runs
+  (a batch stops a layer's corrections only when all its rows have converged) against the evaluations the rows
+  need on their own, i.e. the most that compacting the active rows could save, and the measured batched decode
+  tokens/s;
 
 and the same for fixed plans: the full model, the Lower Bound (no corrections) and, if given, an E-IIET plan
 (``iiet plan`` output) — without distillation, so the comparison asks whether stopping per token reaches a fixed
@@ -34,17 +38,25 @@ TOLERANCES = [0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 
 
 @torch.no_grad()
-def perplexity(model, batches, tolerance=None) -> tuple[float, float]:
-    """Token perplexity and average corrections per token per layer (``nan`` without adaptive stopping)."""
-    nll, count, used = 0.0, 0, []
+def perplexity(model, batches, tolerance=None) -> tuple[float, float, float]:
+    """Token perplexity, average corrections per token per layer, and the corrections per layer a masked batch runs.
+
+    The last two are ``nan`` without adaptive stopping. A token's decisions are the same teacher-forced as in
+    decoding (tests/test_adaptive.py), so position ``t`` of the rows of a batch stands for one batched decode step:
+    masking runs ``max`` over the rows of each layer's corrections, compaction would run their mean.
+    """
+    nll, count, used, masked = 0.0, 0, [], []
     for ids in batches:
         out = model(ids, labels=ids, use_cache=False, adaptive_tolerance=tolerance)
         n = ids[:, 1:].numel()
         nll += out.loss.item() * n
         count += n
-        if out.corrections is not None:
+        if out.corrections is not None:  # (L, B, T)
             used.append(out.corrections.float().mean().item())
-    return math.exp(nll / count), statistics.mean(used) if used else float("nan")
+            masked.append(out.corrections.amax(dim=1).float().mean().item())
+    if not used:
+        return math.exp(nll / count), float("nan"), float("nan")
+    return math.exp(nll / count), statistics.mean(used), statistics.mean(masked)
 
 
 @torch.no_grad()
@@ -76,14 +88,18 @@ def main() -> None:
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tolerances", type=float, nargs="+", default=TOLERANCES)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 gives steadier timings)")
     parser.add_argument("--output_dir", default="bench_results/adaptive")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     data = PackedDataset(args.data, split="val")
     n = min(args.num_sequences, len(data))
     rows = torch.stack([data[i] for i in range(n)])
     batches = list(rows.split(args.batch_size))
     prompt = rows[:1, :16]
+    batch_prompt = rows[: args.batch_size, :16]
 
     full = load(args.model)
     L = full.config.num_hidden_layers
@@ -91,14 +107,17 @@ def main() -> None:
     results = []
 
     def record(label, model, tolerance=None):
-        ppl, corrections = perplexity(model, batches, tolerance)
+        ppl, corrections, masked = perplexity(model, batches, tolerance)
         if tolerance is None:
-            corrections = sum(model.config.scheme_config.corrections(L)) / L
+            corrections = masked = sum(model.config.scheme_config.corrections(L)) / L
         speed = decode_speed(model, prompt, args.new_tokens, args.repeats, tolerance)
+        batch_speed = decode_speed(model, batch_prompt, args.new_tokens, args.repeats, tolerance) * len(batch_prompt)
         row = {"variant": label, "tolerance": tolerance, "perplexity": ppl, "corrections_per_layer": corrections,
-               "block_evaluations": L * (1 + corrections), "decode_tokens_per_s": speed}
+               "block_evaluations": L * (1 + corrections), "decode_tokens_per_s": speed,
+               "masked_batch_block_evaluations": L * (1 + masked), "batch_decode_tokens_per_s": batch_speed}
         results.append(row)
-        print(f"{label:<22} ppl {ppl:9.3f}  evals/token {row['block_evaluations']:6.2f}  decode {speed:7.1f} tok/s",
+        print(f"{label:<22} ppl {ppl:9.3f}  evals/token {row['block_evaluations']:6.2f} (masked batch "
+              f"{row['masked_batch_block_evaluations']:6.2f})  decode {speed:7.1f} tok/s, batch {batch_speed:7.1f} tok/s",
               flush=True)
 
     record(f"IIET r={r_max} (full)", full)
@@ -113,11 +132,14 @@ def main() -> None:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _plot(results, out / "adaptive-study.png")
-    lines = ["| variant | block evals / token | corrections / layer | perplexity | decode tok/s (batch 1) |",
-             "|---|---|---|---|---|"]
+    B = len(batch_prompt)
+    lines = [f"| variant | block evals / token | corrections / layer | perplexity | decode tok/s (batch 1) | "
+             f"block evals / token, masked batch of {B} | decode tok/s (batch {B}) |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['variant']} | {r['block_evaluations']:.2f} | {r['corrections_per_layer']:.2f} | "
-                     f"{r['perplexity']:.3f} | {r['decode_tokens_per_s']:.1f} |")
+                     f"{r['perplexity']:.3f} | {r['decode_tokens_per_s']:.1f} | "
+                     f"{r['masked_batch_block_evaluations']:.2f} | {r['batch_decode_tokens_per_s']:.1f} |")
     table = "\n".join(lines)
     (out / "adaptive-study.md").write_text(table + "\n")
     print("\n" + table)

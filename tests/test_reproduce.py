@@ -25,6 +25,7 @@ def test_reproduce_runs_every_step_and_resumes(tmp_path):
         output_dir=str(tmp_path / "study"), preset="tiny", sources=[str(corpus)], tokenizer_vocab_size=300,
         seq_len=32, train_tokens=2048, batch_tokens=512, micro_batch_size=8, seeds=1, arms=["iiet-r3"],
         eval_texts=[str(held_out)], influence_segments=8, bench=False, device="cpu",
+        model_overrides={"residual_init_scale": 0.5}, explicit_first_layer=True,
     )
     report = reproduce(**kwargs)
     text = report.read_text()
@@ -34,7 +35,11 @@ def test_reproduce_runs_every_step_and_resumes(tmp_path):
     assert {"iiet-r3-s0", "e-iiet", "lower-bound"} <= set(state["eval"])
     assert state["eval"]["iiet-r3-s0"]["texts"][str(held_out)]["bits_per_byte"] > 0
     assert (tmp_path / "study" / "figures" / "iteration_influence.png").is_file()
-    assert "Lower Bound (IIAD)" in text and "plan `[0, 0, 0, 0]`" in text
+    assert "Lower Bound (IIAD)" in text and "plan `[0, 0, 0, 0]`" in text and "explicit first layer" in text
+    assert "residual_init_scale" in text  # the overrides reach the report...
+    trained = json.loads((tmp_path / "study" / "runs" / "iiet-r3-s0" / "final" / "config.json").read_text())
+    assert trained["residual_init_scale"] == 0.5  # ...and the model
+    assert trained["scheme"]["iteration_plan"] == [0, 3, 3, 3]
 
     pretrain_time = state["wall_s"]["pretrain"]
     reproduce(**kwargs)  # everything is done: nothing is trained again

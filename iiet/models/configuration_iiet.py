@@ -220,16 +220,37 @@ class IIETConfig(LlamaConfig):
 
     Args:
         scheme: the scheme name or a dict ``{"name": ..., **parameters}`` (see ``SCHEMES``); default ``"euler"``.
+        residual_init_scale: multiplies the initial standard deviation (``initializer_range``) of the two
+            projections that write into the residual stream, attention ``o_proj`` and MLP ``down_proj``; ``0``
+            initialises them to zero. Default ``1.0`` = LLaMA's initialisation. Values below 1 make each block
+            update ``F`` small against its input at initialisation, which keeps the fixed-point corrections of
+            IIET a contraction from the first step (docs/training.md, "The slow start of multi-pass models").
+        embedding_multiplier: multiplies the token embeddings before the first layer (Gemma uses
+            ``sqrt(hidden_size)``); the LM head (tied or not) is unchanged. Default ``1.0`` = LLaMA. Under pre-norm the
+            blocks do not see this scale, only the skip connection does: a larger value keeps the first layer's
+            implicit-Euler fixed point ``y = x + F(y)`` tied to its input ``x`` (docs/training.md).
         Every other argument is ``transformers.LlamaConfig``'s.
     """
 
     model_type = "iiet"
     scheme: dict | str | None = None
+    residual_init_scale: float = 1.0
+    embedding_multiplier: float = 1.0
 
     def __post_init__(self, **kwargs):
         self.scheme = parse_scheme(self.scheme).to_dict()
         super().__post_init__(**kwargs)
         self.scheme_config.validate(self.num_hidden_layers)
+        if not isinstance(self.residual_init_scale, (int, float)) or self.residual_init_scale < 0:
+            raise IIETError(
+                f"residual_init_scale={self.residual_init_scale!r} must be a number >= 0 (1 = LLaMA's "
+                "initialisation, 0 = zero-initialised output projections)."
+            )
+        if not isinstance(self.embedding_multiplier, (int, float)) or not self.embedding_multiplier > 0:
+            raise IIETError(
+                f"embedding_multiplier={self.embedding_multiplier!r} must be a number > 0 (1 = LLaMA; e.g. "
+                "sqrt(hidden_size) as in Gemma)."
+            )
 
     @property
     def scheme_config(self) -> SchemeConfig:

@@ -57,7 +57,10 @@ class IIETPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # Linear, Embedding, RMSNorm, LayerNorm
-        if isinstance(module, LayerHistory):
+        if getattr(module, "writes_residual", False) and self.config.residual_init_scale != 1.0:
+            # Attention o_proj and MLP down_proj (marked in layers.py): the block update F starts small.
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range * self.config.residual_init_scale)
+        elif isinstance(module, LayerHistory):
             init.copy_(module.weights, module.initial_weights())
         elif isinstance(module, PredictorCorrector):
             init.constant_(module.gamma, 0.5)
@@ -120,6 +123,8 @@ class IIETModel(IIETPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if self.config.embedding_multiplier != 1.0:
+            h = h * self.config.embedding_multiplier
         B, T, _ = h.shape
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None and not self.training:

@@ -121,7 +121,10 @@ def write_report(study: Study) -> Path:
         f"Machine: {json.dumps(machine())}",
         "",
         f"Preset **{s['preset']}**, {s['train_tokens']:,} pretraining tokens per model (sequence length {s['seq_len']}, "
-        f"{s['batch_tokens']:,} tokens per step, lr {s['lr']}), history reading `{s['history']}`; seeds: "
+        f"{s['batch_tokens']:,} tokens per step, lr {s['lr']}), history reading `{s['history']}`"
+        + (f", model overrides `{s['model_overrides']}`" if s.get("model_overrides") else "")
+        + (", IIET arms with an explicit first layer (plan `[0, r, ..., r]`)" if s.get("explicit_first_layer") else "")
+        + "; seeds: "
         f"{s['seeds']} for {', '.join(LABELS[a] for a in MULTI_SEED_ARMS)}, 1 for the others. Distillation: "
         f"{s['distill_fraction']:.2f} x the pretraining tokens. Values with ± are mean ± half the spread over seeds.",
         "",

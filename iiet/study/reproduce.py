@@ -118,6 +118,8 @@ def reproduce(
     seeds: int = 2,
     arms: list[str] = list(ARMS),
     history: Literal["residual", "normalized"] = "residual",
+    model_overrides: dict[str, Any] = {},
+    explicit_first_layer: bool = False,
     eval_texts: list[str] = [],
     eval_data_dir: str | None = None,
     eval_tasks: list[str] = ["lambada", "piqa", "hellaswag", "sciq", "arc_challenge", "winogrande"],
@@ -147,6 +149,11 @@ def reproduce(
         seeds: seeds for Transformer++ and IIET r=3 (the other arms use seed 0).
         arms: which arms to train, from transformer++, dlcl, pcformer, trans-ws, iiet-r1, iiet-r2, iiet-r3.
         history: layer-history reading of DLCL/IIET/PCformer ("residual" or "normalized").
+        model_overrides: model config values applied to every arm, e.g. ``{residual_init_scale: 0.1}`` (the
+            initialisation that shortens the slow start of the multi-pass models, docs/training.md).
+        explicit_first_layer: the IIET arms keep layer 0 explicit (iteration plan ``[0, r, ..., r]``). At small
+            token budgets the corrections of the first layer, whose input is the small token embedding, hold IIET
+            at the unigram plateau; without them it learns from the start (docs/training.md, "The slow start").
         eval_texts: raw text files to report perplexity and bits per byte on (e.g. WikiText-2 valid.raw, test.raw).
         eval_data_dir: directory of the zero-shot benchmark files (see docs/evaluation.md); none skips zero-shot.
         eval_tasks: zero-shot tasks to run through lm-eval.
@@ -190,9 +197,14 @@ def _train_config(study: Study, data_dir: Path, scheme: dict, seed: int, out: Pa
 
     s = study.settings
     scheme = {**scheme, "history": s["history"]} if scheme["name"] in ("dlcl", "iiet", "pcformer") else scheme
+    if s.get("explicit_first_layer") and scheme["name"] == "iiet":
+        from iiet.models.presets import PRESETS
+
+        r = scheme.pop("num_iterations")
+        scheme["iteration_plan"] = [0] + [r] * (PRESETS[s["preset"]]["num_hidden_layers"] - 1)
     steps = max(1, tokens // s["batch_tokens"])
     return dict(
-        model=ModelConfig(preset=s["preset"], scheme=scheme),
+        model=ModelConfig(preset=s["preset"], scheme=scheme, overrides=dict(s.get("model_overrides") or {})),
         data=DataConfig(path=str(data_dir), sources=list(s["sources"]), tokenizer=s["tokenizer"],
                         tokenizer_vocab_size=s["tokenizer_vocab_size"], seq_len=s["seq_len"]),
         optim=OptimConfig(lr=lr, warmup_ratio=s["warmup_ratio"], batch_tokens=s["batch_tokens"],
