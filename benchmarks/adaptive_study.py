@@ -117,8 +117,8 @@ def main() -> None:
                "masked_batch_block_evaluations": L * (1 + masked), "batch_decode_tokens_per_s": batch_speed}
         results.append(row)
         print(f"{label:<22} ppl {ppl:9.3f}  evals/token {row['block_evaluations']:6.2f} (masked batch "
-              f"{row['masked_batch_block_evaluations']:6.2f})  decode {speed:7.1f} tok/s, batch {batch_speed:7.1f} tok/s",
-              flush=True)
+              f"{row['masked_batch_block_evaluations']:6.2f})  decode {speed:7.1f} tok/s, "
+              f"batch {batch_speed:7.1f} tok/s", flush=True)
 
     record(f"IIET r={r_max} (full)", full)
     record("Lower Bound (no distil.)", load(args.model, {"iteration_plan": [0] * L}))

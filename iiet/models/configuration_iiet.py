@@ -224,7 +224,7 @@ class IIETConfig(LlamaConfig):
             projections that write into the residual stream, attention ``o_proj`` and MLP ``down_proj``; ``0``
             initialises them to zero. Default ``1.0`` = LLaMA's initialisation. Values below 1 make each block
             update ``F`` small against its input at initialisation, which keeps the fixed-point corrections of
-            IIET a contraction from the first step (docs/training.md, "The slow start of multi-pass models").
+            IIET a contraction from the first step (docs/training.md, "The slow start of IIET").
         embedding_multiplier: multiplies the token embeddings before the first layer (Gemma uses
             ``sqrt(hidden_size)``); the LM head (tied or not) is unchanged. Default ``1.0`` = LLaMA. Under pre-norm the
             blocks do not see this scale, only the skip connection does: a larger value keeps the first layer's

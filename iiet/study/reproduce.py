@@ -153,7 +153,7 @@ def reproduce(
             initialisation that shortens the slow start of the multi-pass models, docs/training.md).
         explicit_first_layer: the IIET arms keep layer 0 explicit (iteration plan ``[0, r, ..., r]``). At small
             token budgets the corrections of the first layer, whose input is the small token embedding, hold IIET
-            at the unigram plateau; without them it learns from the start (docs/training.md, "The slow start").
+            at the unigram plateau; without them it learns from the start (docs/training.md, "The slow start of IIET").
         eval_texts: raw text files to report perplexity and bits per byte on (e.g. WikiText-2 valid.raw, test.raw).
         eval_data_dir: directory of the zero-shot benchmark files (see docs/evaluation.md); none skips zero-shot.
         eval_tasks: zero-shot tasks to run through lm-eval.
