@@ -12,11 +12,12 @@ For a trained IIET checkpoint and a held-out split of prepared data, measures fo
   need on their own, i.e. the most that compacting the active rows could save, and the measured batched decode
   tokens/s;
 
-and the same for fixed plans: the full model, the Lower Bound (no corrections) and, if given, an E-IIET plan
-(``iiet plan`` output) — without distillation, so the comparison asks whether stopping per token reaches a fixed
-plan's quality at equal compute without any training.
+and the same for fixed plans: the full model, the Lower Bound (no corrections) and any plans given (``iiet plan``
+outputs: E-IIET, budget plans at the compute adaptive stopping reaches), all without distillation, so the
+comparison asks whether stopping per token reaches a fixed plan's quality at equal compute without any training.
 
-    python benchmarks/adaptive_study.py --model runs/demo/iiet/final --data runs/demo/data --output_dir docs/img
+    python benchmarks/adaptive_study.py --model runs/demo/iiet/final --data runs/demo/data --output_dir docs/img \
+        --plan plan-e-iiet.json plan-budget-7.json
 """
 
 from __future__ import annotations
@@ -60,13 +61,13 @@ def perplexity(model, batches, tolerance=None) -> tuple[float, float, float]:
 
 
 @torch.no_grad()
-def decode_speed(model, prompt, new_tokens: int, repeats: int, tolerance=None) -> float:
+def decode_speed(model, prompt, new_tokens: int, repeats: int, tolerance=None, clock=time.perf_counter) -> float:
     times = []
     for _ in range(repeats + 1):  # first run is warm-up
-        start = time.perf_counter()
+        start = clock()
         model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                        adaptive_tolerance=tolerance, pad_token_id=0)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return new_tokens / statistics.median(times[1:])
 
 
@@ -82,15 +83,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a trained IIET checkpoint directory")
     parser.add_argument("--data", required=True, help="a prepared data directory (iiet data-prepare); uses its val split")
-    parser.add_argument("--plan", default=None, help="an E-IIET plan JSON from `iiet plan` (optional)")
+    parser.add_argument("--plan", nargs="*", default=[],
+                        help="iteration-plan JSONs from `iiet plan` (E-IIET, budget plans, ...), each a fixed point")
     parser.add_argument("--num_sequences", type=int, default=32)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tolerances", type=float, nargs="+", default=TOLERANCES)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 gives steadier timings)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="time decoding by wall clock, or by this process's CPU time (with --threads 1: steady "
+                             "on a machine shared with other jobs)")
     parser.add_argument("--output_dir", default="bench_results/adaptive")
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -110,8 +116,8 @@ def main() -> None:
         ppl, corrections, masked = perplexity(model, batches, tolerance)
         if tolerance is None:
             corrections = masked = sum(model.config.scheme_config.corrections(L)) / L
-        speed = decode_speed(model, prompt, args.new_tokens, args.repeats, tolerance)
-        batch_speed = decode_speed(model, batch_prompt, args.new_tokens, args.repeats, tolerance) * len(batch_prompt)
+        speed = decode_speed(model, prompt, args.new_tokens, args.repeats, tolerance, clock)
+        batch_speed = decode_speed(model, batch_prompt, args.new_tokens, args.repeats, tolerance, clock) * len(batch_prompt)
         row = {"variant": label, "tolerance": tolerance, "perplexity": ppl, "corrections_per_layer": corrections,
                "block_evaluations": L * (1 + corrections), "decode_tokens_per_s": speed,
                "masked_batch_block_evaluations": L * (1 + masked), "batch_decode_tokens_per_s": batch_speed}
@@ -122,10 +128,11 @@ def main() -> None:
 
     record(f"IIET r={r_max} (full)", full)
     record("Lower Bound (no distil.)", load(args.model, {"iteration_plan": [0] * L}))
-    if args.plan:
-        plan = json.loads(Path(args.plan).read_text())
+    for plan_file in args.plan:
+        plan = json.loads(Path(plan_file).read_text())
         plan_list = plan.get("iteration_plan") or plan["scheme"]["iteration_plan"]
-        record("E-IIET (no distil.)", load(args.model, {"iteration_plan": plan_list}))
+        rule = {"e-iiet": "E-IIET", "lower-bound": "Lower Bound", "budget": "budget"}.get(plan.get("rule"), "plan")
+        record(f"{rule} {plan_list} (no distil.)", load(args.model, {"iteration_plan": plan_list}))
     for tol in args.tolerances:
         record(f"adaptive tol={tol:g}", full, tol)
 
