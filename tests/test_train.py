@@ -305,6 +305,22 @@ def test_resume_with_a_different_model_or_fresh_start_over_checkpoints(data_dir,
     assert _snapshot(trained_run) == before
 
 
+def test_checkpoint_written_before_a_new_config_field_still_resumes(data_dir, trained_run):
+    # A checkpoint from an older iiet lacks config fields added since (at their defaults): it must still resume,
+    # while a field set to another value is still a different model.
+    newest = trained_run / "checkpoints" / "step_00000008"
+    state_file = newest / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("residual_init_scale", "embedding_multiplier"):
+        del state["model_config"][key]
+    state_file.write_text(json.dumps(state))
+    trainer = Trainer(tiny_config(data_dir, trained_run))
+    assert trainer.step == 8
+    trainer.close()
+    with pytest.raises(IIETError, match="different model config .*residual_init_scale"):
+        Trainer(tiny_config(data_dir, trained_run, model__overrides={"residual_init_scale": 0.5}))
+
+
 def test_corrupt_checkpoint(data_dir, trained_run):
     newest = trained_run / "checkpoints" / "step_00000008"
     (trained_run / "checkpoints" / "step_00000012.tmp").mkdir()  # a save that crashed half-way: never a candidate

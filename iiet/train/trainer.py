@@ -387,7 +387,8 @@ class Trainer:
     def _check_resumable(self, path: Path) -> dict[str, Any]:
         """The checkpoint's state, after checking it was made by this model on this data."""
         state = ckpt.read_checkpoint_state(path)
-        saved = ckpt.comparable_model_config(state["model_config"])
+        # Through the config class, so that fields added since the checkpoint was written compare at their defaults.
+        saved = ckpt.comparable_model_config(type(self.model_config).from_dict(state["model_config"]).to_dict())
         current = ckpt.comparable_model_config(self.model_config.to_dict())
         changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
         if changed:
