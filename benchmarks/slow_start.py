@@ -20,7 +20,7 @@ import torch
 
 import iiet  # noqa: F401
 from iiet.data import PackedDataset
-from iiet.models.presets import PRESETS
+from iiet.models.presets import PRESETS, explicit_first_layer
 from iiet.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from iiet.train.trainer import Trainer
 
@@ -36,7 +36,7 @@ def variants(num_layers: int) -> dict[str, tuple[dict, dict, str]]:
         "iiet-r3-init0.1": (R3, {"residual_init_scale": 0.1}, "IIET r=3, residual_init_scale 0.1"),
         "iiet-r3-emb16": (R3, {"embedding_multiplier": 16.0}, "IIET r=3, embedding_multiplier 16"),
         "iiet-r3-normalized": ({**R3, "history": "normalized"}, {}, "IIET r=3, normalized history"),
-        "iiet-r3-explicit-first": ({"name": "iiet", "iteration_plan": [0] + [3] * (num_layers - 1)}, {},
+        "iiet-r3-explicit-first": (explicit_first_layer(R3, num_layers), {},
                                    "IIET r=3, explicit first layer (plan [0,3,...,3])"),
     }
 

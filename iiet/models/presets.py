@@ -66,6 +66,18 @@ def build_config(
     return IIETConfig(**values)
 
 
+def explicit_first_layer(scheme: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """An ``iiet`` scheme with ``num_iterations: r`` as the plan ``[0, r, ..., r]``: layer 0 without corrections.
+
+    At small token budgets layer 0's corrections hold IIET at the unigram plateau (docs/training.md, "The slow
+    start of IIET"); other schemes are returned unchanged.
+    """
+    if scheme.get("name") != "iiet" or "num_iterations" not in scheme:
+        return scheme
+    rest = {k: v for k, v in scheme.items() if k != "num_iterations"}
+    return {**rest, "iteration_plan": [0] + [scheme["num_iterations"]] * (num_layers - 1)}
+
+
 def info(
     presets: list[str] = ["tiny", "cpu-small", "55M", "340M", "740M"],
     context: int = 2048,

@@ -197,11 +197,10 @@ def _train_config(study: Study, data_dir: Path, scheme: dict, seed: int, out: Pa
 
     s = study.settings
     scheme = {**scheme, "history": s["history"]} if scheme["name"] in ("dlcl", "iiet", "pcformer") else scheme
-    if s.get("explicit_first_layer") and scheme["name"] == "iiet":
-        from iiet.models.presets import PRESETS
+    if s.get("explicit_first_layer"):
+        from iiet.models.presets import PRESETS, explicit_first_layer
 
-        r = scheme.pop("num_iterations")
-        scheme["iteration_plan"] = [0] + [r] * (PRESETS[s["preset"]]["num_hidden_layers"] - 1)
+        scheme = explicit_first_layer(scheme, PRESETS[s["preset"]]["num_hidden_layers"])
     steps = max(1, tokens // s["batch_tokens"])
     return dict(
         model=ModelConfig(preset=s["preset"], scheme=scheme, overrides=dict(s.get("model_overrides") or {})),
