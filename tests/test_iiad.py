@@ -21,6 +21,7 @@ from iiet.iiad.distill import (
     DistillationTrainer,
     build_student,
     check_pair,
+    distill,
     hidden_state_mse,
     iiad_loss,
     kl_divergence,
@@ -369,6 +370,20 @@ def test_distillation_rejects_a_student_with_another_vocabulary(tmp_path, data_d
     config = _run_config(tmp_path, data_dir, steps=1, teacher=teacher_dir, student=student_dir)
     with pytest.raises(IIETError, match="vocabulary"):
         DistillationTrainer(config)
+
+
+def test_the_student_takes_the_special_tokens_of_the_data_not_of_an_older_teacher(tmp_path, data_dir, teacher_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    assert (teacher.config.eos_token_id, teacher.config.pad_token_id) == (2, 0)  # LLaMA's eos, conftest's pad
+    config = _run_config(tmp_path, data_dir, steps=1, teacher=teacher_dir, plan=None,
+                         student_scheme={"name": "iiet", "iteration_plan": [0, 1, 0]}, alpha=0.0, beta=1.0)
+    summary = distill(config)
+    student = AutoModelForCausalLM.from_pretrained(summary["final"])
+    tokenizer = AutoTokenizer.from_pretrained(summary["final"])
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert getattr(student.config, key) == getattr(student.generation_config, key) == getattr(tokenizer, key)
 
 
 # -- the commands ---------------------------------------------------------------------------------------------------

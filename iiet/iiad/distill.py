@@ -36,6 +36,7 @@ from iiet.errors import IIETError
 from iiet.iiad.identity import check_identity, config_values, load_model
 from iiet.iiad.plan import Plan, plan_scheme
 from iiet.models.configuration_iiet import IIETConfig, parse_scheme
+from iiet.models.export import SPECIAL_TOKEN_KEYS
 from iiet.train.config import ModelConfig, TrainConfig
 from iiet.train.trainer import Trainer
 
@@ -122,6 +123,10 @@ def student_config(config: IIETConfig, scheme: dict[str, Any]) -> IIETConfig:
     values = config_values(config)
     values.pop("scheme")
     return IIETConfig(**values, scheme=scheme)
+
+
+def _without_special_tokens(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in SPECIAL_TOKEN_KEYS}
 
 
 def check_pair(teacher_config: IIETConfig, student_config: IIETConfig, alpha: float) -> None:
@@ -224,7 +229,9 @@ class DistillationTrainer(Trainer):
         expected = student_config(init.config, scheme)
         check_pair(teacher.config, expected, d.alpha)
         config = copy.deepcopy(config)
-        overrides = config_values(expected)
+        # The student's special-token ids are the data's tokenizer's (the Trainer sets them), not whatever an older
+        # teacher checkpoint recorded.
+        overrides = _without_special_tokens(config_values(expected))
         overrides.pop("scheme")
         config.model = ModelConfig(preset=_BASE_PRESET, scheme=scheme, overrides=overrides)
         self.teacher = teacher.requires_grad_(False)
@@ -232,7 +239,8 @@ class DistillationTrainer(Trainer):
         self.reinitialised: list[str] = []
         super().__init__(config)
         del self._warm_start_state
-        if config_values(self.model_config) != config_values(expected):
+        built, wanted = (_without_special_tokens(config_values(c)) for c in (self.model_config, expected))
+        if built != wanted:
             raise RuntimeError("the student config built by the Trainer differs from the teacher's; report this bug.")
         self.teacher.to(self.device).eval()
         self.alpha, self.beta, self.tau = d.alpha, d.beta, d.tau

@@ -9,29 +9,29 @@ converted LLaMA computes exactly the LLaMA; with ``r > 0`` it starts as the fixe
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from iiet.errors import IIETError
 
 from .configuration_iiet import IIETConfig, parse_scheme
+from .export import load_tokenizer_if_any, save_pretrained_with_tokenizer, special_token_ids
 from .modeling_iiet import IIETForCausalLM
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
-
-def config_from_llama(llama_config, scheme: str | dict[str, Any]) -> IIETConfig:
-    """An ``IIETConfig`` with a LLaMA config's hyper-parameters and the given scheme."""
+def config_from_llama(llama_config, scheme: str | dict[str, Any], tokenizer=None) -> IIETConfig:
+    """An ``IIETConfig`` with a LLaMA config's hyper-parameters and the given scheme (special tokens: the tokenizer's)."""
     values = llama_config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype"):
         values.pop(key, None)
+    if tokenizer is not None:
+        values.update(special_token_ids(tokenizer))
     return IIETConfig(**values, scheme=parse_scheme(scheme).to_dict())
 
 
-def upcycle_llama(llama, scheme: str | dict[str, Any]) -> IIETForCausalLM:
-    """Build an ``IIETForCausalLM`` with ``scheme`` from an in-memory ``LlamaForCausalLM``."""
-    model = IIETForCausalLM(config_from_llama(llama.config, scheme))
+def upcycle_llama(llama, scheme: str | dict[str, Any], tokenizer=None) -> IIETForCausalLM:
+    """Build an ``IIETForCausalLM`` with ``scheme`` from an in-memory ``LlamaForCausalLM`` (and its tokenizer)."""
+    model = IIETForCausalLM(config_from_llama(llama.config, scheme, tokenizer))
     result = model.load_state_dict(llama.state_dict(), strict=False)
     unexpected = [k for k in result.unexpected_keys if "rotary_emb" not in k]
     missing = [k for k in result.missing_keys if not k.startswith("model.scheme.")]
@@ -48,7 +48,7 @@ def upcycle(llama_dir: str, output_dir: str, scheme: dict[str, Any] | str = "iie
 
     Args:
         llama_dir: a directory saved by ``LlamaForCausalLM.save_pretrained`` (config + safetensors; a tokenizer in it
-            is copied along).
+            is saved along, and its bos/eos/pad ids become the model's).
         output_dir: where to write the converted checkpoint (must not exist yet or be empty).
         scheme: the target scheme, e.g. ``iiet`` or ``{"name": "iiet", "num_iterations": 3}`` (default r = 3).
     """
@@ -63,9 +63,7 @@ def upcycle(llama_dir: str, output_dir: str, scheme: dict[str, Any] | str = "iie
         llama = LlamaForCausalLM.from_pretrained(src)
     except Exception as error:  # noqa: BLE001 - any load failure is reported as bad input
         raise IIETError(f"could not load the LLaMA checkpoint in {src} ({error}); is it complete?") from error
-    model = upcycle_llama(llama, scheme)
-    model.save_pretrained(dst)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
+    tokenizer = load_tokenizer_if_any(src)
+    model = upcycle_llama(llama, scheme, tokenizer)
+    save_pretrained_with_tokenizer(model, dst, tokenizer)
     print(f"wrote {dst} ({model.config.scheme}, {model.num_block_evaluations()} block evaluations per token)")

@@ -30,16 +30,19 @@ import torch
 from torch import nn
 
 from iiet.errors import IIETError
+from iiet.models.export import SPECIAL_TOKEN_KEYS, check_special_tokens, save_tokenizer
 from iiet.train.parallel import Distributed
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-# Config entries that change neither the parameters nor the function the model computes.
+# Config entries that change neither the parameters nor the function the model computes. The special-token ids
+# come from the tokenizer; checkpoints written before they did carry LLaMA's defaults and must still resume.
 _CONFIG_KEYS_IGNORED = {
     "transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype", "use_cache",
     "output_attentions", "output_hidden_states", "return_dict", "_attn_implementation", "attn_implementation",
+    *SPECIAL_TOKEN_KEYS,
 }
 
 
@@ -241,10 +244,16 @@ def export_pretrained(
 ) -> None:
     """Save ``model`` as a Hugging Face checkpoint (safetensors) plus tokenizer, loadable by ``from_pretrained``.
 
-    Collective under FSDP2 (the full state dict is gathered to rank 0); rank 0 writes into ``output.tmp`` and
-    renames it into place.
+    The model's special-token ids must be the tokenizer's (``IIETError`` before anything is written); the saved
+    tokenizer's ``model_max_length`` is the model's context. Collective under FSDP2 (the full state dict is gathered
+    to rank 0); rank 0 writes into ``output.tmp`` and renames it into place.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoTokenizer
+
+    loaded_tokenizer = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else None
+    if loaded_tokenizer is not None:
+        check_special_tokens(model, loaded_tokenizer)
 
     full_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # Gathered tensors are separate copies, so HF can no longer see that tied weights (lm_head = embed_tokens) are
@@ -255,10 +264,8 @@ def export_pretrained(
         tmp = output.with_name(output.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, state_dict=full_state, safe_serialization=True)
-        if tokenizer:
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(tokenizer).save_pretrained(tmp)
+        if loaded_tokenizer is not None:
+            save_tokenizer(loaded_tokenizer, model.config, tmp)
         for name, text in extra_files.items():
             (tmp / name).write_text(text)
         shutil.rmtree(output, ignore_errors=True)

@@ -200,7 +200,7 @@ def _seconds_per_step(configs: list[TrainConfig], rounds: int = 3) -> list[float
     steps = []
     for config in configs:
         model_config = build_model_config(config.model.preset, config.model.scheme, meta["vocab_size"],
-                                          config.model.overrides)
+                                          config.model.overrides, meta)
         model = AutoModelForCausalLM.from_config(model_config)
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
         batch = torch.randint(meta["vocab_size"], (config.optim.micro_batch_size, meta["seq_len"]))

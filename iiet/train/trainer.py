@@ -37,6 +37,7 @@ from transformers import AutoModelForCausalLM
 from iiet.data.packed import META_FILE, PackedDataset, check_compatible, prepare_data
 from iiet.data.tokenizer import train_tokenizer
 from iiet.errors import IIETError
+from iiet.models.export import special_token_ids, with_special_tokens
 from iiet.models.presets import build_config
 from iiet.train import checkpoint as ckpt
 from iiet.train.config import TrainConfig, warmup_cosine
@@ -48,9 +49,15 @@ CONFIG_FILE = "train_config.yaml"
 _EPOCH_SEED_STRIDE = 1 << 20  # epoch e of seed s uses generator seed s * stride + e
 
 
-def build_model_config(preset: str, scheme: dict[str, Any], vocab_size: int, overrides: dict[str, Any]):
-    """The HF config of the network to train (``vocab_size`` unless ``overrides`` names one)."""
-    overrides = dict(overrides)
+def build_model_config(
+    preset: str, scheme: dict[str, Any], vocab_size: int, overrides: dict[str, Any], meta: dict[str, Any] | None = None
+):
+    """The HF config of the network to train (``vocab_size`` unless ``overrides`` names one).
+
+    The bos/eos/pad ids are those of the data's tokenizer (as ``meta.json`` records them), so that the exported
+    model's ``generate()`` stops at its ``</s>``; an override naming other ids is an ``IIETError``.
+    """
+    overrides = with_special_tokens(overrides, special_token_ids(meta or {}))
     return build_config(preset, scheme, vocab_size=overrides.pop("vocab_size", vocab_size), **overrides)
 
 
@@ -115,7 +122,8 @@ class Trainer:
         self.batch_sequences = config.batch_sequences(self.seq_len)
         self.total_steps = config.total_steps()
         self.model_config = build_model_config(
-            config.model.preset, config.model.scheme, self.train_data.vocab_size, config.model.overrides
+            config.model.preset, config.model.scheme, self.train_data.vocab_size, config.model.overrides,
+            self.train_data.meta,
         )
         check_compatible(self.train_data.meta, self.model_config.vocab_size, self.model_config.max_position_embeddings)
         checkpoint_state = self._check_resumable(resume_from) if resume_from else None
