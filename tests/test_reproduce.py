@@ -7,7 +7,8 @@ import json
 import pytest
 
 from iiet.errors import IIETError
-from iiet.study.reproduce import reproduce
+from iiet.study.reproduce import reproduce, run_study
+from iiet.study.study import StudyConfig
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. Robert Boulter is an English film, television and theatre actor. "
@@ -21,13 +22,13 @@ def test_reproduce_runs_every_step_and_resumes(tmp_path):
     corpus.write_text("".join(json.dumps({"text": f"Document {i}. " + TEXT * 2}) + "\n" for i in range(1000)))
     held_out = tmp_path / "held_out.txt"
     held_out.write_text(TEXT * 5)
-    kwargs = dict(
+    config = StudyConfig(
         output_dir=str(tmp_path / "study"), preset="tiny", sources=[str(corpus)], tokenizer_vocab_size=300,
         seq_len=32, train_tokens=2048, batch_tokens=512, micro_batch_size=8, seeds=1, arms=["iiet-r3"],
         eval_texts=[str(held_out)], influence_segments=8, bench=False, device="cpu",
         model_overrides={"residual_init_scale": 0.5}, explicit_first_layer=True,
     )
-    report = reproduce(**kwargs)
+    report = run_study(config)
     text = report.read_text()
     for section in ("Pretraining: perplexity", "Iterations r", "IIAD: plans and distillation", "Inference"):
         assert section in text
@@ -42,7 +43,7 @@ def test_reproduce_runs_every_step_and_resumes(tmp_path):
     assert trained["scheme"]["iteration_plan"] == [0, 3, 3, 3]
 
     pretrain_time = state["wall_s"]["pretrain"]
-    reproduce(**kwargs)  # everything is done: nothing is trained again
+    run_study(config)  # everything is done: nothing is trained again
     assert json.loads((tmp_path / "study" / "study.json").read_text())["wall_s"]["pretrain"] - pretrain_time < 5
 
 

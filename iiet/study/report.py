@@ -8,8 +8,9 @@ import statistics
 from pathlib import Path
 
 from iiet.eval.report import markdown_table
-
-from .reproduce import ARMS, LABELS, MULTI_SEED_ARMS, Study, machine, mean_spread
+from iiet.plotting import pyplot, save_figure
+from iiet.study.study import ARMS, LABELS, MULTI_SEED_ARMS, Study, machine, mean_spread
+from iiet.train.plots import plot_loss_curves
 
 R_SWEEP = ("dlcl", "iiet-r1", "iiet-r2", "iiet-r3")  # r = 0 .. 3 (Table 5, Figure 2)
 IIAD_ROWS = ("distil-pcformer", "lower-bound", "e-iiet")
@@ -27,7 +28,7 @@ def _fmt(values: list[float], decimals: int = 3) -> str:
 
 
 def _perplexity_table(study: Study, arms: tuple[str, ...] | list[str]) -> str:
-    texts = list(study.settings["eval_texts"])
+    texts = list(study.config.eval_texts)
     headers = ["Model", "val ppl (in-domain)"] + [f"{Path(t).parent.name}/{Path(t).name} ppl / bpb" for t in texts]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
     for arm in arms:
@@ -60,11 +61,6 @@ def _bench_table(study: Study) -> str:
 
 
 def _figure_r_sweep(study: Study, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     points = []
     for r, arm in enumerate(R_SWEEP):
         runs = [study.state["eval"][k] for k in _runs_of(study, arm)]
@@ -73,7 +69,7 @@ def _figure_r_sweep(study: Study, path: Path) -> Path | None:
             points.append((r, statistics.mean(values), values))
     if not points:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
     ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="IIET (r = 0 is DLCL)")
     for r, _, values in points:
         ax.scatter([r] * len(values), values, color="tab:blue", alpha=0.4, s=12)
@@ -87,20 +83,16 @@ def _figure_r_sweep(study: Study, path: Path) -> Path | None:
     ax.set_xticks(range(len(R_SWEEP)))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(study: Study) -> Path:
     figures = study.root / "figures"
     figures.mkdir(exist_ok=True)
-    s, state = study.settings, study.state
-    from iiet.train.commands import plot
-
+    s, state = study.config, study.state
     runs = sorted(p for p in (study.root / "runs").glob("*") if (p / "metrics.jsonl").is_file())
     if runs:
-        plot(runs=[str(p) for p in runs], output=str(figures / "loss_curves.png"))
+        plot_loss_curves([str(p) for p in runs], output=str(figures / "loss_curves.png"))
     r_sweep = _figure_r_sweep(study, figures / "ppl_vs_r.png")
     for name in ("iteration_influence.png", "block_influence.png"):
         source = study.root / "iiad" / "influence" / name
@@ -112,30 +104,30 @@ def write_report(study: Study) -> Path:
         if plan_file.is_file():
             plans[rule] = json.loads(plan_file.read_text())
 
-    tier = s["tier"]
+    tier = s.tier
     lines = [
         "# Reproduction study" + (" — pipeline tier (smoke run, not evidence)" if tier == "pipeline" else ""),
         "",
-        f"Command: `{state.get('command', 'iiet reproduce')}`",
+        f"Command: `{state.get('command') or 'run_study(StudyConfig(...)): see settings in study.json'}`",
         "",
         f"Machine: {json.dumps(machine())}",
         "",
-        f"Preset **{s['preset']}**, {s['train_tokens']:,} pretraining tokens per model (sequence length {s['seq_len']}, "
-        f"{s['batch_tokens']:,} tokens per step, lr {s['lr']}), history reading `{s['history']}`"
-        + (f", model overrides `{s['model_overrides']}`" if s.get("model_overrides") else "")
-        + (", IIET arms with an explicit first layer (plan `[0, r, ..., r]`)" if s.get("explicit_first_layer") else "")
+        f"Preset **{s.preset}**, {s.train_tokens:,} pretraining tokens per model (sequence length {s.seq_len}, "
+        f"{s.batch_tokens:,} tokens per step, lr {s.lr}), history reading `{s.history}`"
+        + (f", model overrides `{s.model_overrides}`" if s.model_overrides else "")
+        + (", IIET arms with an explicit first layer (plan `[0, r, ..., r]`)" if s.explicit_first_layer else "")
         + "; seeds: "
-        f"{s['seeds']} for {', '.join(LABELS[a] for a in MULTI_SEED_ARMS)}, 1 for the others. Distillation: "
-        f"{s['distill_fraction']:.2f} x the pretraining tokens. Values with ± are mean ± half the spread over seeds.",
+        f"{s.seeds} for {', '.join(LABELS[a] for a in MULTI_SEED_ARMS)}, 1 for the others. Distillation: "
+        f"{s.distill_fraction:.2f} x the pretraining tokens. Values with ± are mean ± half the spread over seeds.",
         "",
         "Wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in state.get("wall_s", {}).items()),
         "",
         "## Pretraining: perplexity (Figure 2 / Table 1 columns)",
         "",
-        _perplexity_table(study, [a for a in ARMS if a in s["arms"]]),
-        "## Pretraining: zero-shot suite (Table 1 shape)" + (f", {s['eval_limit']} documents per task" if s["eval_limit"] else ""),
+        _perplexity_table(study, [a for a in ARMS if a in s.arms]),
+        "## Pretraining: zero-shot suite (Table 1 shape)" + (f", {s.eval_limit} documents per task" if s.eval_limit else ""),
         "",
-        _zero_shot_table(study, [a for a in ARMS if a in s["arms"]]),
+        _zero_shot_table(study, [a for a in ARMS if a in s.arms]),
         "## Iterations r (Table 5 / Figure 2 shape)",
         "",
         _perplexity_table(study, ("transformer++", "pcformer") + R_SWEEP),

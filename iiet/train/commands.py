@@ -7,11 +7,17 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from transformers import AutoModelForCausalLM
+
+from iiet.data.packed import load_meta, prepare_data
+from iiet.data.tokenizer import train_tokenizer
 
 from iiet.errors import IIETError
 from iiet.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from iiet.train.metrics import read_metrics
+from iiet.train.parallel import is_main_process
+from iiet.train.plots import plot_loss_curves
+from iiet.train.trainer import Trainer, build_model_config, run_training
 
 DEMO_RUNS = {"transformer++": {"name": "euler"}, "iiet": {"name": "iiet"}}
 
@@ -33,16 +39,8 @@ def train(
         optim: optimizer, schedule, batch size and run length.
         run: output directory, resume, parallelism, precision, logging/eval/checkpoint cadence.
     """
-    from iiet.train.parallel import shutdown_distributed
-    from iiet.train.trainer import Trainer
-
-    trainer = Trainer(TrainConfig(model=model, data=data, optim=optim, run=run))
-    try:
-        summary = trainer.fit()
-    finally:
-        trainer.close()
-        shutdown_distributed()
-    if trainer.dist.is_main:
+    summary = run_training(TrainConfig(model=model, data=data, optim=optim, run=run))
+    if is_main_process():
         shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in summary.items()}
         print("  ".join(f"{k}={v}" for k, v in shown.items()))
     return summary
@@ -62,38 +60,7 @@ def plot(
         labels: legend names, one per run (default: the run directory names).
         x_axis: "tokens" seen or optimizer "step".
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if labels is not None and len(labels) != len(runs):
-        raise IIETError(f"got {len(labels)} labels for {len(runs)} runs; give one label per run or none.")
-    figure, (train_axis, val_axis) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for i, run in enumerate(runs):
-        path = Path(run)
-        metrics_file = path / "metrics.jsonl" if path.is_dir() else path
-        if not metrics_file.is_file():
-            raise IIETError(f"{metrics_file} does not exist; give run directories that hold a metrics.jsonl.")
-        records = read_metrics(metrics_file)
-        label = labels[i] if labels else (path.name if path.is_dir() else path.parent.name)
-        for axis, key in ((train_axis, "loss"), (val_axis, "val_loss")):
-            points = [(r[x_axis], r[key]) for r in records if key in r]
-            if points:
-                xs, ys = zip(*points)
-                few = key == "val_loss" or len(points) < 30  # a lone point needs a marker to be seen at all
-                axis.plot(xs, ys, label=label, color=f"C{i}", marker="o" if few else None, markersize=3)
-    for axis, title in ((train_axis, "training loss"), (val_axis, "validation loss")):
-        axis.set_title(title)
-        axis.set_xlabel(x_axis)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    train_axis.set_ylabel("cross-entropy (nats/token)")
-    figure.tight_layout()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
-    plt.close(figure)
-    print(f"wrote {output}")
+    print(f"wrote {plot_loss_curves(runs, output, labels, x_axis)}")
 
 
 def demo(
@@ -123,10 +90,6 @@ def demo(
         micro_batch_size: sequences per step (one micro-batch per optimizer step).
         lr: peak learning rate (small models take a larger one than Table 4's).
     """
-    from iiet.data.packed import prepare_data
-    from iiet.data.tokenizer import train_tokenizer
-    from iiet.train.trainer import Trainer
-
     root = Path(output_dir)
     for name in DEMO_RUNS:
         if (root / name).exists():
@@ -168,7 +131,7 @@ def demo(
         parameters = sum(p.numel() for p in trainer.model.parameters())
         results.append((name, config.model.scheme, parameters, summary, elapsed))
 
-    plot([str(root / name) for name in DEMO_RUNS], output=str(root / "loss_curves.png"))
+    plot_loss_curves([str(root / name) for name in DEMO_RUNS], output=str(root / "loss_curves.png"))
     print(f"\nheld-out perplexity on the Python standard library (val split of {data_dir}):\n")
     print("| model | scheme | params | steps | tokens | minutes | val loss | val ppl |")
     print("|---|---|---|---|---|---|---|---|")
@@ -191,11 +154,6 @@ def _seconds_per_step(configs: list[TrainConfig], rounds: int = 3) -> list[float
     Each model takes one step per round (after a warm-up round) and keeps its fastest: on a shared machine the
     others are slowed by whatever else runs, and taking turns exposes every model to the same background load.
     """
-    import torch
-
-    from iiet.data.packed import load_meta
-    from iiet.train.trainer import build_model_config
-
     meta = load_meta(configs[0].data.path)
     steps = []
     for config in configs:

@@ -102,6 +102,11 @@ def init_distributed(parallel: str, device: str = "auto") -> Distributed:
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` launch, or the only process: the one that prints and writes reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

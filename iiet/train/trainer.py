@@ -42,7 +42,7 @@ from iiet.models.presets import build_config
 from iiet.train import checkpoint as ckpt
 from iiet.train.config import TrainConfig, warmup_cosine
 from iiet.train.metrics import MetricsLogger
-from iiet.train.parallel import gradient_sync, init_distributed, wrap_model
+from iiet.train.parallel import gradient_sync, init_distributed, shutdown_distributed, wrap_model
 
 FINAL_DIR = "final"
 CONFIG_FILE = "train_config.yaml"
@@ -452,3 +452,13 @@ class Trainer:
             raise original
         if error is not None:
             raise IIETError(f"rank 0 failed: {error}")
+
+
+def run_training(config: TrainConfig, trainer_class: type[Trainer] = Trainer) -> dict[str, Any]:
+    """Set up ``trainer_class(config)``, train to the end (or ``run.max_minutes``), and return its summary."""
+    trainer = trainer_class(config)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+        shutdown_distributed()

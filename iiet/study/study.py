@@ -1,0 +1,158 @@
+"""What a reproduction study is: its typed config (``StudyConfig``), its arms, and its directory (``Study``).
+
+A study directory holds ``study.json`` (the config, the wall time of every step, the evaluation results) next to
+``runs/``, ``eval/``, ``iiad/``, ``bench/``, ``figures/`` and ``results.md``. Every step records what it finished
+there, so running the same config on the same directory again skips the finished steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from iiet.errors import IIETError
+
+ARMS: dict[str, dict[str, Any]] = {
+    "transformer++": {"name": "euler"},
+    "dlcl": {"name": "dlcl"},
+    "pcformer": {"name": "pcformer", "order": 2},
+    "trans-ws": {"name": "weight_shared", "repeats": 4},
+    "iiet-r1": {"name": "iiet", "num_iterations": 1},
+    "iiet-r2": {"name": "iiet", "num_iterations": 2},
+    "iiet-r3": {"name": "iiet", "num_iterations": 3},
+}
+LABELS = {
+    "transformer++": "Transformer++", "dlcl": "DLCL (IIET r=0)", "pcformer": "PCformer", "trans-ws": "Trans WS (k=4)",
+    "iiet-r1": "IIET r=1", "iiet-r2": "IIET r=2", "iiet-r3": "IIET r=3", "e-iiet": "E-IIET (IIAD)",
+    "lower-bound": "Lower Bound (IIAD)", "distil-pcformer": "Distil PCformer",
+}
+MULTI_SEED_ARMS = ("transformer++", "iiet-r3")
+ZERO_SHOT_TASKS = ("lambada", "piqa", "hellaswag", "sciq", "arc_challenge", "winogrande")
+
+
+@dataclass
+class StudyConfig:
+    """The paper's study at one scale: which arms, on which data, for how many tokens, evaluated how.
+
+    Args:
+        output_dir: study directory: runs/, eval/, iiad/, bench/, figures and results.md.
+        preset: model size preset for every arm (tiny, cpu-small, 55M, 340M, 740M).
+        sources: training text to prepare the data from when ``data`` is not given ("builtin" = Python stdlib).
+        data: an already prepared data directory (iiet data-prepare); overrides ``sources``.
+        tokenizer: tokenizer for preparing ``sources`` (default: train a byte-level BPE).
+        tokenizer_vocab_size: vocabulary of the trained tokenizer.
+        seq_len: training sequence length.
+        train_tokens: pretraining tokens per model (every arm sees the same tokens in the same order).
+        batch_tokens: tokens per optimizer step.
+        micro_batch_size: sequences per forward/backward.
+        lr: peak learning rate (cosine schedule, AdamW, weight decay 0.01, clipping 1.0 as Appendix B.1).
+        warmup_ratio: warm-up fraction of the steps.
+        seeds: seeds for Transformer++ and IIET r=3 (the other arms use seed 0).
+        arms: which arms to train, from transformer++, dlcl, pcformer, trans-ws, iiet-r1, iiet-r2, iiet-r3.
+        history: layer-history reading of DLCL/IIET/PCformer ("residual" or "normalized").
+        model_overrides: model config values applied to every arm, e.g. ``{residual_init_scale: 0.1}`` (the
+            initialisation that shortens the slow start of the multi-pass models, docs/training.md).
+        explicit_first_layer: the IIET arms keep layer 0 explicit (iteration plan ``[0, r, ..., r]``). At small
+            token budgets the corrections of the first layer, whose input is the small token embedding, hold IIET
+            at the unigram plateau; without them it learns from the start (docs/training.md, "The slow start of IIET").
+        eval_texts: raw text files to report perplexity and bits per byte on (e.g. WikiText-2 valid.raw, test.raw).
+        eval_data_dir: directory of the zero-shot benchmark files (see docs/evaluation.md); none skips zero-shot.
+        eval_tasks: zero-shot tasks to run through lm-eval.
+        eval_limit: documents per zero-shot task (null = all).
+        influence_segments: segments for the iteration influence of IIET r=3.
+        distill_fraction: distillation tokens as a fraction of ``train_tokens`` (the paper: one third).
+        bench: run the inference benchmark over the trained models.
+        device: auto, cpu or cuda.
+        max_minutes_per_run: stop each training run after this many minutes (checkpointed; rerun to continue).
+        tier: label written into the report ("pipeline" = smoke run, "evidence" = a run meant as evidence).
+    """
+
+    output_dir: str = "runs/reproduce"
+    preset: str = "tiny"
+    sources: list[str] = field(default_factory=lambda: ["builtin"])
+    data: str | None = None
+    tokenizer: str | None = None
+    tokenizer_vocab_size: int = 2048
+    seq_len: int = 128
+    train_tokens: int = 200_000
+    batch_tokens: int = 4096
+    micro_batch_size: int = 8
+    lr: float = 1e-3
+    warmup_ratio: float = 0.05
+    seeds: int = 2
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    history: Literal["residual", "normalized"] = "residual"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    explicit_first_layer: bool = False
+    eval_texts: list[str] = field(default_factory=list)
+    eval_data_dir: str | None = None
+    eval_tasks: list[str] = field(default_factory=lambda: list(ZERO_SHOT_TASKS))
+    eval_limit: int | None = 100
+    influence_segments: int = 500
+    distill_fraction: float = 1 / 3
+    bench: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_minutes_per_run: float | None = None
+    tier: str = "pipeline"
+
+    def validate(self) -> None:
+        """Check what needs no data or model; raise ``IIETError`` naming the field and the fix."""
+        unknown = sorted(set(self.arms) - set(ARMS))
+        if unknown:
+            raise IIETError(f"unknown arm(s) {unknown}; choose from {list(ARMS)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Study:
+    """One study directory: the steps share its config, paths and state (``study.json``)."""
+
+    def __init__(self, config: StudyConfig, command: str | None = None):
+        self.config = config
+        self.root = Path(config.output_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state_file = self.root / "study.json"
+        self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"wall_s": {}}
+        self.state["settings"] = config.to_dict()
+        if command is not None:
+            self.state["command"] = command
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config.data) if self.config.data else self.root / "data"
+
+    def save(self) -> None:
+        self.state_file.write_text(json.dumps(self.state, indent=2, default=str))
+
+    def timed(self, key: str, fn, *args, **kwargs):
+        """Run ``fn`` and add its wall time to ``wall_s[key]`` (a resumed step adds to what it took before)."""
+        start = time.time()
+        out = fn(*args, **kwargs)
+        self.state["wall_s"][key] = self.state["wall_s"].get(key, 0.0) + time.time() - start
+        self.save()
+        return out
+
+    def run_dir(self, name: str) -> Path:
+        return self.root / "runs" / name
+
+
+def machine() -> dict[str, str]:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_threads": str(torch.get_num_threads())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and spread (max - min) over seeds."""
+    return statistics.mean(values), (max(values) - min(values)) if len(values) > 1 else 0.0
