@@ -25,6 +25,7 @@ from iiet.iiad.distill import (
     hidden_state_mse,
     iiad_loss,
     kl_divergence,
+    student_config,
     student_scheme,
 )
 from iiet.iiad.identity import check_identity
@@ -289,15 +290,19 @@ def test_loss_terms_equal_their_formulas():
 
 def test_student_is_the_plan_on_a_copy_of_the_teacher_weights():
     teacher = tiny_model({"name": "iiet", "num_iterations": 2, "history": "normalized"})
-    student = build_student(teacher, student_scheme(teacher, Plan(iteration_plan=[0, 2, 1], scheme={})))
+    def student_of(model, plan=None, scheme=None):
+        student, _ = build_student(model, student_config(model.config, student_scheme(model, plan, scheme)))
+        return student
+
+    student = student_of(teacher, Plan(iteration_plan=[0, 2, 1], scheme={}))
     assert student.config.scheme_config.corrections(3) == [0, 2, 1] and student.config.scheme["history"] == "normalized"
     assert all(torch.equal(p, teacher.state_dict()[k]) for k, p in student.state_dict().items())
-    full = build_student(teacher, student_scheme(teacher, Plan(iteration_plan=[2, 2, 2], scheme={})))
+    full = student_of(teacher, Plan(iteration_plan=[2, 2, 2], scheme={}))
     ids = torch.randint(1, 100, (1, 8))
     assert torch.allclose(full.eval()(ids).logits, teacher(ids).logits, atol=1e-5)  # the full plan is the teacher
     # Distil PCformer: an Euler student keeps every block weight; the PCformer's scheme parameters are dropped.
     pcformer = tiny_model({"name": "pcformer"})
-    euler = build_student(pcformer, student_scheme(pcformer, scheme="euler"))
+    euler = student_of(pcformer, scheme="euler")
     assert all(torch.equal(p, pcformer.state_dict()[k]) for k, p in euler.state_dict().items())
 
 
@@ -399,14 +404,14 @@ def test_influence_plan_distill_commands(tmp_path, data_dir, teacher_dir, capsys
                    "--budget_evaluations", "5", "--output", str(tmp_path / "plan.json")])
     text = capsys.readouterr().out
     assert "block evaluations per token: 9 -> 5" in text
-    iiet.cli.main(["distill", "--teacher", teacher_dir, "--plan", str(tmp_path / "plan.json"),
+    iiet.cli.main(["distill", "--distill.teacher", teacher_dir, "--distill.plan", str(tmp_path / "plan.json"),
                    "--data.path", str(data_dir / "packed"), "--optim.max_steps", "1", "--optim.batch_tokens",
                    str(2 * SEQ_LEN), "--optim.micro_batch_size", "2", "--run.output_dir", str(tmp_path / "run"),
                    "--run.device", "cpu", "--run.progress_bar", "false", "--run.eval_batches", "1"])
     assert (tmp_path / "run" / "final" / "config.json").is_file()
     with pytest.raises(SystemExit):  # a plan longer than the model: one error line, exit status 2
         (tmp_path / "long.json").write_text(json.dumps({"iteration_plan": [0, 0, 0, 0, 0]}))
-        iiet.cli.main(["distill", "--teacher", teacher_dir, "--plan", str(tmp_path / "long.json"),
+        iiet.cli.main(["distill", "--distill.teacher", teacher_dir, "--distill.plan", str(tmp_path / "long.json"),
                        "--data.path", str(data_dir / "packed"), "--optim.max_steps", "1",
                        "--run.output_dir", str(tmp_path / "run2")])
     assert "iiet: error: the plan has 5 entries" in capsys.readouterr().err

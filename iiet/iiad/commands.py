@@ -2,18 +2,21 @@
 
     iiet influence --model runs/iiet/final --data data/wikitext --output_dir runs/influence
     iiet plan --influence runs/influence/influence.json --rule e-iiet --output runs/influence/plan.json
-    iiet distill --teacher runs/iiet/final --plan runs/influence/plan.json --data.path data/enwiki \\
+    iiet distill --distill.teacher runs/iiet/final --distill.plan runs/influence/plan.json --data.path data/enwiki \\
         --optim.max_tokens 5000000000 --run.output_dir runs/e-iiet
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Literal
 
+from iiet.iiad.distill import DistillConfig, DistillTrainConfig
+from iiet.iiad.distill import distill as run_distillation
+from iiet.iiad.influence import Influence
 from iiet.iiad.measure import measure_influence
+from iiet.iiad.plan import make_plan
 from iiet.train.config import DataConfig, OptimConfig, RunConfig
+from iiet.train.parallel import is_main_process
 
 DISTILL_LR = 2e-4  # Appendix B.2: cosine decay from 2e-4
 
@@ -68,9 +71,6 @@ def plan(
         context: Keys attended per token when counting attention FLOPs.
         output: The plan file to write.
     """
-    from iiet.iiad.influence import Influence
-    from iiet.iiad.plan import make_plan
-
     result = make_plan(Influence.load(influence), rule, threshold, budget_evaluations, budget_flops_fraction, keep,
                        context, influence_file=influence)
     path = result.save(output)
@@ -81,13 +81,7 @@ def plan(
 
 
 def distill(
-    teacher: str,
-    plan: str | None = None,
-    student_scheme: dict[str, Any] | str | None = None,
-    student: str | None = None,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    tau: float = 1.0,
+    distill: DistillConfig = DistillConfig(),
     data: DataConfig = DataConfig(),
     optim: OptimConfig = OptimConfig(lr=DISTILL_LR),
     run: RunConfig = RunConfig(output_dir="runs/distill"),
@@ -95,34 +89,18 @@ def distill(
     """Iteration Influence-Aware Distillation: continue pretraining an efficient student against its full teacher.
 
     The student is the teacher's weights under a cheaper scheme (the plan's E-IIET / Lower Bound, or e.g.
-    --student_scheme euler for Distil PCformer); the loss is CE + alpha * MSE(block outputs) + beta * KL(logits / tau)
-    (Eq. 13-15). Training options, checkpoints, resume and DDP/FSDP2 are those of iiet train; the student is
-    exported to <run.output_dir>/final.
+    --distill.student_scheme euler for Distil PCformer); the loss is CE + alpha * MSE(block outputs) +
+    beta * KL(logits / tau) (Eq. 13-15). Training options, checkpoints, resume and DDP/FSDP2 are those of iiet train;
+    the student is exported to <run.output_dir>/final.
 
     Args:
-        teacher: The full model: a directory saved with save_pretrained (e.g. a training run's final/).
-        plan: plan.json from iiet plan (the student runs the teacher's IIET scheme with that iteration plan).
-        student_scheme: Instead of a plan, the student's scheme: euler, or a dict such as
-            {name: iiet, iteration_plan: [0, 1, 2, 0]}.
-        student: Initialise the student from this checkpoint instead of the teacher's weights.
-        alpha: Weight of the per-block hidden-state MSE (Eq. 13, mean over blocks, tokens and hidden units).
-        beta: Weight of the logit KL divergence (Eq. 14; summed over the vocabulary, mean over tokens).
-        tau: Distillation temperature (no tau^2 factor is applied).
+        distill: teacher, student (plan or scheme) and the loss weights.
         data: Prepared training data (as in iiet train); the paper uses a third of the pretraining tokens.
         optim: Optimizer and run length (the paper: cosine decay from 2e-4, otherwise as pretraining).
         run: Output directory, resume, parallelism, precision, logging/eval/checkpoint cadence.
     """
-    from iiet.iiad.distill import DistillConfig, DistillTrainConfig
-    from iiet.iiad.distill import distill as run_distillation
-
-    config = DistillTrainConfig(
-        data=data, optim=optim, run=run,
-        distill=DistillConfig(teacher=teacher, plan=plan, student_scheme=student_scheme, student=student,
-                              alpha=alpha, beta=beta, tau=tau),
-    )
-    summary = run_distillation(config)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
-        return summary
-    shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in summary.items()}
-    print("  ".join(f"{k}={v}" for k, v in shown.items()))
+    summary = run_distillation(DistillTrainConfig(distill=distill, data=data, optim=optim, run=run))
+    if is_main_process():  # under torchrun only rank 0 reports
+        shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in summary.items()}
+        print("  ".join(f"{k}={v}" for k, v in shown.items()))
     return summary

@@ -18,13 +18,13 @@ vocabulary and averaged over tokens, and *not* multiplied by ``tau^2`` (Eq. 14 a
 convention is ``beta * tau^2``). ``L_CE`` is the usual next-token loss. The teacher runs frozen, in eval mode, under
 ``torch.no_grad``; with ``alpha = beta = 0`` it is not run at all and distillation is exactly continued pretraining.
 
-``DistillationTrainer`` extends the pretraining ``Trainer`` (same loop, checkpoints, resume, DDP/FSDP2): it builds
-the student from the teacher and overrides ``compute_loss``. Under DDP/FSDP2 every rank holds a full teacher copy.
+``DistillationTrainer`` extends the pretraining ``Trainer`` (same loop, checkpoints, resume, DDP/FSDP2) through its
+hooks: ``build_model_config`` (the student's config from the teacher's), ``build_model`` (``build_student``) and
+``compute_loss`` (``iiad_loss``). Under DDP/FSDP2 every rank holds a full teacher copy.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +36,12 @@ from iiet.errors import IIETError
 from iiet.iiad.identity import check_identity, config_values, load_model
 from iiet.iiad.plan import Plan, plan_scheme
 from iiet.models.configuration_iiet import IIETConfig, parse_scheme
-from iiet.models.export import SPECIAL_TOKEN_KEYS
+from iiet.models.export import special_token_ids
+from iiet.models.modeling_iiet import IIETForCausalLM
 from iiet.train.config import ModelConfig, TrainConfig
-from iiet.train.trainer import Trainer
+from iiet.train.trainer import Trainer, run_training
 
 SCHEME_PREFIX = "model.scheme."  # parameters of the scheme module (history weights, norms, EMA coefficient)
-# The Trainer builds its model config from a preset plus overrides; the student overrides every value of it with the
-# teacher's config, so which preset is named here does not matter.
-_BASE_PRESET = "tiny"
 
 
 # -- the loss terms (pure functions) --------------------------------------------------------------------------------
@@ -97,8 +95,8 @@ def iiad_loss(ce: torch.Tensor, mse: torch.Tensor | float, kl: torch.Tensor | fl
 def student_scheme(teacher, plan: Plan | None = None, scheme: dict[str, Any] | str | None = None) -> dict[str, Any]:
     """The student's scheme: the teacher's IIET scheme with ``plan``, or an explicit ``scheme`` (exactly one)."""
     if (plan is None) == (scheme is None):
-        raise IIETError("give exactly one of --plan (an iteration plan for an IIET teacher) and --student_scheme "
-                        "(e.g. euler to distil a PCformer).")
+        raise IIETError("give exactly one of --distill.plan (an iteration plan for an IIET teacher) and "
+                        "--distill.student_scheme (e.g. euler to distil a PCformer).")
     if scheme is not None:
         return parse_scheme(scheme).to_dict()
     config = teacher.config
@@ -109,7 +107,7 @@ def student_scheme(teacher, plan: Plan | None = None, scheme: dict[str, Any] | s
                         f"{config.num_hidden_layers} layers; give one number of corrections per layer.")
     if config.scheme.get("name") != "iiet":
         raise IIETError(f"iteration plans apply to iiet teachers; this teacher's scheme is {config.scheme['name']!r} "
-                        "(use --student_scheme instead).")
+                        "(use --distill.student_scheme instead).")
     runs = config.scheme_config.corrections(config.num_hidden_layers)
     over = [n for n, (k, r) in enumerate(zip(plan.iteration_plan, runs)) if k > r]
     if over:
@@ -118,15 +116,9 @@ def student_scheme(teacher, plan: Plan | None = None, scheme: dict[str, Any] | s
     return plan_scheme(dict(config.scheme), plan.iteration_plan)
 
 
-def student_config(config: IIETConfig, scheme: dict[str, Any]) -> IIETConfig:
-    """``config`` with another scheme (everything else kept)."""
-    values = config_values(config)
-    values.pop("scheme")
-    return IIETConfig(**values, scheme=scheme)
-
-
-def _without_special_tokens(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k not in SPECIAL_TOKEN_KEYS}
+def student_config(config: IIETConfig, scheme: dict[str, Any], **changes: Any) -> IIETConfig:
+    """``config`` with another scheme and any other ``changes`` (everything else kept)."""
+    return IIETConfig(**{**config_values(config), **changes, "scheme": scheme})
 
 
 def check_pair(teacher_config: IIETConfig, student_config: IIETConfig, alpha: float) -> None:
@@ -156,14 +148,14 @@ def warm_start(student: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[
     return sorted(k for k in own if k not in loadable)
 
 
-def build_student(teacher, scheme: dict[str, Any], init=None) -> nn.Module:
-    """An ``IIETForCausalLM`` with ``scheme`` and the weights of ``init`` (default: the teacher), in train mode."""
-    from iiet.models.modeling_iiet import IIETForCausalLM
+def build_student(source: nn.Module, config: IIETConfig) -> tuple[nn.Module, list[str]]:
+    """An ``IIETForCausalLM`` of ``config`` (``student_config``) with the weights of ``source``, in train mode.
 
-    source = teacher if init is None else init
-    student = IIETForCausalLM(student_config(source.config, scheme))
-    warm_start(student, source.state_dict())
-    return student.train()
+    Returns the student and its scheme parameters left at their initial values (``warm_start``).
+    """
+    student = IIETForCausalLM(config)
+    reinitialised = warm_start(student, source.state_dict())
+    return student.train(), reinitialised
 
 
 # -- the trainer ----------------------------------------------------------------------------------------------------
@@ -195,7 +187,7 @@ class DistillConfig:
 
     def validate(self) -> None:
         if not self.teacher:
-            raise IIETError("no teacher given; pass --teacher DIR (a full IIET or PCformer checkpoint).")
+            raise IIETError("no teacher given; pass --distill.teacher DIR (a full IIET or PCformer checkpoint).")
         if self.alpha < 0 or self.beta < 0:
             raise IIETError(f"alpha={self.alpha} and beta={self.beta} must be >= 0.")
         if not self.tau > 0:
@@ -204,8 +196,9 @@ class DistillConfig:
 
 @dataclass
 class DistillTrainConfig(TrainConfig):
-    """A pretraining run (``model`` is derived from the teacher) plus the ``distill`` section."""
+    """A pretraining run plus the ``distill`` section; the student's model config comes from the teacher."""
 
+    model: ModelConfig | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> None:
@@ -214,79 +207,72 @@ class DistillTrainConfig(TrainConfig):
 
 
 class DistillationTrainer(Trainer):
-    """The pretraining ``Trainer`` with a frozen teacher, a warm-started student and the IIAD loss (Eq. 15)."""
+    """The pretraining ``Trainer`` with a frozen teacher, a warm-started student and the IIAD loss (Eq. 15).
+
+    Two hooks change: ``build_model_config`` (the student's config: the teacher's, or ``distill.student``'s, with
+    the student scheme and the data's special tokens) and ``build_model`` (``build_student``); ``compute_loss`` is
+    Eq. 15 (``iiad_loss``).
+    """
 
     def __init__(self, config: DistillTrainConfig):
+        config.validate()
         d = config.distill
-        d.validate()
-        teacher = load_model(d.teacher)
-        init = load_model(d.student) if d.student else teacher
+        self.teacher = load_model(d.teacher).requires_grad_(False)
+        self.source = load_model(d.student) if d.student else self.teacher  # the weights the student starts from
         plan = Plan.load(d.plan) if d.plan else None
         if d.student and plan is None and d.student_scheme is None:
-            scheme = dict(init.config.scheme)
+            self.student_scheme = dict(self.source.config.scheme)
         else:
-            scheme = student_scheme(teacher, plan, d.student_scheme)
-        expected = student_config(init.config, scheme)
-        check_pair(teacher.config, expected, d.alpha)
-        config = copy.deepcopy(config)
-        # The student's special-token ids are the data's tokenizer's (the Trainer sets them), not whatever an older
-        # teacher checkpoint recorded.
-        overrides = _without_special_tokens(config_values(expected))
-        overrides.pop("scheme")
-        config.model = ModelConfig(preset=_BASE_PRESET, scheme=scheme, overrides=overrides)
-        self.teacher = teacher.requires_grad_(False)
-        self._warm_start_state = init.state_dict()
+            self.student_scheme = student_scheme(self.teacher, plan, d.student_scheme)
+        self.alpha, self.beta, self.tau = d.alpha, d.beta, d.tau
         self.reinitialised: list[str] = []
         super().__init__(config)
-        del self._warm_start_state
-        built, wanted = (_without_special_tokens(config_values(c)) for c in (self.model_config, expected))
-        if built != wanted:
-            raise RuntimeError("the student config built by the Trainer differs from the teacher's; report this bug.")
+        self.source = None  # its weights are in the student now
         self.teacher.to(self.device).eval()
-        self.alpha, self.beta, self.tau = d.alpha, d.beta, d.tau
         if self.dist.is_main:
-            print(f"teacher {d.teacher}: {teacher.config.num_block_evaluations} block evaluations per token; student "
-                  f"{scheme}: {self.model_config.num_block_evaluations}"
+            print(f"teacher {d.teacher}: {self.teacher.config.num_block_evaluations} block evaluations per token; "
+                  f"student {self.student_scheme}: {self.model_config.num_block_evaluations}"
                   + (f"; left at their initial values: {self.reinitialised}" if self.reinitialised else ""))
 
-    def build_model(self, model_config) -> nn.Module:
-        """The student: a fresh model of ``model_config`` with the teacher's (or ``student``'s) weights copied in."""
-        student = super().build_model(model_config)
-        self.reinitialised = warm_start(student, self._warm_start_state)
+    def build_model_config(self) -> IIETConfig:
+        """The source's config with the student scheme; its special-token ids are the data's tokenizer's, not what
+        an older teacher checkpoint recorded."""
+        config = student_config(self.source.config, self.student_scheme, **special_token_ids(self.train_data.meta))
+        check_pair(self.teacher.config, config, self.alpha)
+        return config
+
+    def build_model(self, model_config: IIETConfig) -> nn.Module:
+        """The student: ``model_config`` with the source's weights copied in (``build_student``)."""
+        student, self.reinitialised = build_student(self.source, model_config)
         return student
 
     def compute_loss(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eq. 15 on one micro-batch; logs ``loss`` (the total), ``ce`` and the distillation terms in use."""
         need_states = self.alpha > 0
         out = model(input_ids=batch, labels=batch, use_cache=False, output_hidden_states=need_states)
-        loss = out.loss
         metrics = {"ce": out.loss.detach()}
-        if self.alpha > 0 or self.beta > 0:
+        mse = kl = 0.0
+        if self.alpha > 0 or self.beta > 0:  # with alpha = beta = 0 the teacher is not run at all
             with torch.no_grad():
                 target = self.teacher(input_ids=batch, use_cache=False, output_hidden_states=need_states)
             if self.alpha > 0:
                 mse = hidden_state_mse(target.hidden_states[1:], out.hidden_states[1:])  # block outputs only
-                loss = loss + self.alpha * mse
                 metrics["mse"] = mse.detach()
             if self.beta > 0:
                 kl = kl_divergence(target.logits, out.logits, self.tau)
-                loss = loss + self.beta * kl
                 metrics["kl"] = kl.detach()
+        loss = iiad_loss(out.loss, mse, kl, self.alpha, self.beta)
         metrics["loss"] = loss.detach()
         return loss, metrics
+
+    def fit(self, until_step: int | None = None) -> dict[str, Any]:
+        """The ``Trainer``'s summary plus the teacher's and the student's block evaluations and the student scheme."""
+        summary = super().fit(until_step)
+        return {**summary, "teacher_block_evaluations": self.teacher.config.num_block_evaluations,
+                "student_block_evaluations": self.model_config.num_block_evaluations,
+                "student_scheme": dict(self.model_config.scheme)}
 
 
 def distill(config: DistillTrainConfig) -> dict[str, Any]:
     """Run a distillation to the end (or ``run.max_minutes``) and return the Trainer's summary."""
-    from iiet.train.parallel import shutdown_distributed
-
-    trainer = DistillationTrainer(config)
-    try:
-        summary = trainer.fit()
-    finally:
-        trainer.close()
-        shutdown_distributed()
-    return {**summary, "teacher_block_evaluations": trainer.teacher.config.num_block_evaluations,
-            "student_block_evaluations": trainer.model_config.num_block_evaluations,
-            "student_scheme": dict(trainer.model_config.scheme)}
-
+    return run_training(config, DistillationTrainer)

@@ -10,8 +10,8 @@ by accumulating ``grad(l_k / K)`` and averaging over ranks (DDP all-reduce / FSD
 the global gradient norm, an AdamW step, and a warm-up + cosine learning-rate step (``config.warmup_cosine``).
 
 To change what is minimised (e.g. distillation: a teacher and extra losses) subclass and override
-``compute_loss``; ``build_model`` / ``build_optimizer`` / ``train_step`` / ``evaluate`` / ``save_checkpoint`` are
-the other extension points. Everything a resumed run needs (weights, optimizer, scheduler, random states, data
+``compute_loss``; ``build_model_config`` / ``build_model`` / ``build_optimizer`` / ``train_step`` / ``evaluate`` /
+``save_checkpoint`` are the other extension points. Everything a resumed run needs (weights, optimizer, scheduler, random states, data
 position, step, tokens) is in the checkpoint, so ``kill -9`` + ``resume=auto`` continues the same trajectory.
 """
 
@@ -121,10 +121,7 @@ class Trainer:
         config.validate_batch(self.seq_len, self.dist.world_size)
         self.batch_sequences = config.batch_sequences(self.seq_len)
         self.total_steps = config.total_steps()
-        self.model_config = build_model_config(
-            config.model.preset, config.model.scheme, self.train_data.vocab_size, config.model.overrides,
-            self.train_data.meta,
-        )
+        self.model_config = self.build_model_config()
         check_compatible(self.train_data.meta, self.model_config.vocab_size, self.model_config.max_position_embeddings)
         checkpoint_state = self._check_resumable(resume_from) if resume_from else None
 
@@ -189,6 +186,12 @@ class Trainer:
             tokenizer = str(Path(data.path) / "tokenizer")
             train_tokenizer(data.sources, tokenizer, vocab_size=data.tokenizer_vocab_size)
         prepare_data(data.sources, tokenizer, data.path, seq_len=data.seq_len, val_fraction=data.val_fraction)
+
+    def build_model_config(self):
+        """The HF config of the network to train: ``model.preset`` with ``model.scheme`` and ``model.overrides``, and
+        the data's vocabulary and special tokens (override to derive it elsewhere, e.g. from a teacher)."""
+        m = self.config.model
+        return build_model_config(m.preset, m.scheme, self.train_data.vocab_size, m.overrides, self.train_data.meta)
 
     def build_model(self, model_config) -> nn.Module:
         """A freshly initialised causal LM (fp32, on CPU; ``wrap_model`` moves it)."""
