@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "info": "iiet.models.presets:info",
     "upcycle": "iiet.models.convert:upcycle",
+    "export": "iiet.models.export:export",
     "reproduce": "iiet.study.reproduce:reproduce",
     # -- commands --
     "bench": "iiet.bench.commands:bench",

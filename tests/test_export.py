@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,78 @@ def test_upcycle_takes_the_special_tokens_of_the_llamas_tokenizer(data_dir, tmp_
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "iiet")
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id == 1
     assert tokenizer.model_max_length == TINY["max_position_embeddings"]
+
+
+# -- iiet export --to llama -----------------------------------------------------------------------------------------
+
+# Runs in a fresh interpreter that never imports iiet: what vLLM, llama.cpp's converter or a plain script would do.
+_PLAIN_TRANSFORMERS = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+path, ids = sys.argv[1], json.loads(sys.argv[2])
+model = LlamaForCausalLM.from_pretrained(path).eval()
+auto = AutoModelForCausalLM.from_pretrained(path)
+tokenizer = AutoTokenizer.from_pretrained(path)
+with torch.no_grad():
+    logits = model(torch.tensor([ids])).logits[0].tolist()
+print(json.dumps({"logits": logits, "auto_class": type(auto).__name__, "iiet_imported": "iiet" in sys.modules,
+                  "eos": [tokenizer.eos_token_id, model.generation_config.eos_token_id, model.config.eos_token_id],
+                  "model_max_length": tokenizer.model_max_length}))
+"""
+
+
+def test_llama_export_loads_in_plain_transformers_with_the_same_logits(final_dir, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from iiet.cli import main
+
+    main(["export", "--model", str(final_dir), "--output_dir", str(tmp_path / "llama"), "--to", "llama"])
+    assert "max |logit difference|" in capsys.readouterr().out
+    config = json.loads((tmp_path / "llama" / "config.json").read_text())
+    assert config["model_type"] == "llama" and "auto_map" not in config and "scheme" not in config
+    assert not list((tmp_path / "llama").glob("*.py"))  # no model code travels: none is needed
+
+    ids = [5, 17, 42, 99, 3, 250, 7, 1, 64, 128]
+    result = subprocess.run([sys.executable, "-c", _PLAIN_TRANSFORMERS, str(tmp_path / "llama"), json.dumps(ids)],
+                            capture_output=True, text=True, timeout=300, check=True)
+    plain = json.loads(result.stdout.strip().splitlines()[-1])
+    assert plain["iiet_imported"] is False and plain["auto_class"] == "LlamaForCausalLM"
+    assert plain["eos"] == [1, 1, 1] and plain["model_max_length"] == config["max_position_embeddings"]
+    model = AutoModelForCausalLM.from_pretrained(final_dir).eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(torch.tensor(plain["logits"]), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scheme, reason", [
+    ({"name": "iiet", "num_iterations": 2}, "implicit-Euler corrections"),
+    ({"name": "iiet", "iteration_plan": [0, 3, 1]}, r"corrections \(per layer: \[0, 3, 1\]\)"),  # E-IIET
+    ({"name": "iiet", "iteration_plan": [0, 0, 0]}, "learned combination of all earlier layers"),  # Lower Bound
+    ({"name": "dlcl"}, "learned combination of all earlier layers"),
+    ({"name": "pcformer"}, "Runge-Kutta predictor"),
+    ({"name": "weight_shared", "repeats": 3}, "applied 3 times"),
+    ({"name": "euler", "multiplier": 8.0}, "embedding_multiplier=8.0"),
+], ids=["iiet", "e-iiet", "lower-bound", "dlcl", "pcformer", "trans-ws", "euler-scaled-embeddings"])
+def test_llama_export_refuses_what_a_llama_cannot_compute(tmp_path, capsys, scheme, reason):
+    from iiet.cli import main
+
+    scheme = dict(scheme)
+    overrides = {"embedding_multiplier": scheme.pop("multiplier")} if "multiplier" in scheme else {}
+    tiny_model(scheme, **overrides).save_pretrained(tmp_path / "model")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--model", str(tmp_path / "model"), "--output_dir", str(tmp_path / "out"), "--to", "llama"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("iiet: error: ") and "cannot be exported to LLaMA" in error
+    assert re.search(reason, error), error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_single_repeat_of_weight_sharing_is_explicit_euler_and_exports(tmp_path):
+    from iiet.models.export import max_logit_difference, to_llama
+
+    model = tiny_model({"name": "weight_shared", "repeats": 1})
+    assert max_logit_difference(model, to_llama(model), TINY["vocab_size"]) < 1e-5

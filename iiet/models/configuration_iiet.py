@@ -48,6 +48,10 @@ class SchemeConfig:
     def validate(self, num_layers: int) -> None:
         """Raise ``SchemeConfigError`` on values the model cannot be built with."""
 
+    def beyond_llama(self, num_layers: int) -> str | None:
+        """What this scheme computes that a LLaMA's residual stream does not (``None``: it is LLaMA's, Eq. 1)."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}
 
@@ -80,6 +84,13 @@ class DLCLScheme(SchemeConfig):
     def history_combinations(self, num_layers: int) -> list[int]:
         """Combinations of the layer history each layer computes (the initial value plus one per correction)."""
         return [1 + r for r in self.corrections(num_layers)]
+
+    def beyond_llama(self, num_layers: int) -> str | None:
+        corrections = self.corrections(num_layers)
+        history = "each layer reads a learned combination of all earlier layers' outputs"
+        if not any(corrections):
+            return history
+        return f"{history} and runs implicit-Euler corrections (per layer: {corrections})"
 
     def validate(self, num_layers: int) -> None:
         if self.history not in HISTORY_READINGS:
@@ -156,6 +167,9 @@ class PredictorCorrectorScheme(DLCLScheme):
     def history_combinations(self, num_layers: int) -> list[int]:
         return [1] * num_layers  # the corrector's output
 
+    def beyond_llama(self, num_layers: int) -> str | None:
+        return f"each layer runs an order-{self.order} Runge-Kutta predictor and a multistep corrector"
+
     def validate(self, num_layers: int) -> None:
         super().validate(num_layers)
         if self.order not in (2, 4):
@@ -179,6 +193,9 @@ class WeightSharedScheme(SchemeConfig):
 
     def passes_per_layer(self, num_layers: int) -> list[int]:
         return [self.repeats] * num_layers
+
+    def beyond_llama(self, num_layers: int) -> str | None:
+        return None if self.repeats == 1 else f"each layer is applied {self.repeats} times in a row"
 
     def validate(self, num_layers: int) -> None:
         if not isinstance(self.repeats, int) or self.repeats < 1:
