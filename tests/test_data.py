@@ -24,7 +24,7 @@ from iiet.data import (
     prepare_data,
     train_tokenizer,
 )
-from iiet.data.packed import is_validation_document
+from iiet.data.prepare import is_validation_document
 from iiet.errors import IIETError
 
 from .conftest import SHARED_DATA  # noqa: E402  (../shared/data beside the checkout)
@@ -213,19 +213,23 @@ def test_meta_records_tokenizer_sources_and_counts(prepared, corpus):
     ]
     for split in ("train", "val"):
         info = meta["splits"][split]
-        assert (prepared / f"{split}.bin").stat().st_size == info["num_sequences"] * SEQ_LEN * 2
+        sizes = [(prepared / shard["file"]).stat().st_size for shard in info["shards"]]
+        assert sizes == [2 * shard["num_tokens"] for shard in info["shards"]]  # uint16 token streams
+        assert info["num_tokens_seen"] == sum(shard["num_tokens"] for shard in info["shards"])
+        assert info["num_sequences"] == info["num_tokens_seen"] // SEQ_LEN
         assert info["num_tokens"] == info["num_sequences"] * SEQ_LEN
-    assert not list(prepared.glob("*.tmp"))
+    assert meta["text"]["replacement_characters"] == 0 and meta["text"]["characters"] > 0
+    assert not list(prepared.rglob("*.tmp"))
 
 
 def test_second_prepare_reuses_and_changed_settings_retokenize(corpus, tokenizer_dir, tmp_path, capsys):
     arguments = dict(sources=[str(corpus[0])], tokenizer=str(tokenizer_dir), output_dir=tmp_path, seq_len=SEQ_LEN)
     first = prepare_data(**arguments)
-    written = (tmp_path / "train.bin").stat().st_mtime_ns
+    written = (tmp_path / "meta.json").stat().st_mtime_ns
     capsys.readouterr()
     assert prepare_data(**arguments) == first
     assert "reusing" in capsys.readouterr().out
-    assert (tmp_path / "train.bin").stat().st_mtime_ns == written
+    assert (tmp_path / "meta.json").stat().st_mtime_ns == written
     longer = prepare_data(**{**arguments, "seq_len": 2 * SEQ_LEN})
     assert "reusing" not in capsys.readouterr().out
     assert longer["seq_len"] == 2 * SEQ_LEN and PackedDataset(tmp_path).seq_len == 2 * SEQ_LEN
@@ -236,10 +240,10 @@ def test_interrupted_prepare_leaves_no_complete_looking_output(corpus, tokenizer
         yield from corpus[1][:40]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("iiet.data.packed.iter_corpus", interrupted)
+    monkeypatch.setattr("iiet.data.prepare.iter_piece", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_data([str(corpus[0])], str(tokenizer_dir), tmp_path, seq_len=SEQ_LEN)
-    assert sorted(path.name for path in tmp_path.iterdir()) == []
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == ["shards"]
     with pytest.raises(IIETError, match="data-prepare"):
         PackedDataset(tmp_path)
 
@@ -249,12 +253,13 @@ def test_packed_dataset_rejects_truncated_and_missing_data(prepared, tmp_path):
         PackedDataset(tmp_path / "never-prepared")
     copy = tmp_path / "copy"
     shutil.copytree(prepared, copy)
-    with open(copy / "train.bin", "r+b") as file:
-        file.truncate((copy / "train.bin").stat().st_size - 3)
+    train_shard, val_shard = (copy / "shards" / "00000.train.bin"), (copy / "shards" / "00000.val.bin")
+    with open(train_shard, "r+b") as file:
+        file.truncate(train_shard.stat().st_size - 3)
     with pytest.raises(IIETError, match="truncated or corrupt"):
         PackedDataset(copy, "train")
     assert len(PackedDataset(copy, "val")) > 0  # the other split is still fine
-    (copy / "val.bin").unlink()
+    val_shard.unlink()
     with pytest.raises(IIETError, match="missing"):
         PackedDataset(copy, "val")
 
@@ -279,7 +284,7 @@ def test_dataloader_batches(prepared):
     batch = next(iter(loader))
     assert batch.shape == (4, SEQ_LEN) and batch.dtype == torch.long
     assert int(batch.max()) < TINY_VOCAB
-    mapped = np.fromfile(prepared / "train.bin", dtype=np.uint16)[: 4 * SEQ_LEN].reshape(4, SEQ_LEN)
+    mapped = np.fromfile(prepared / "shards" / "00000.train.bin", dtype=np.uint16)[: 4 * SEQ_LEN].reshape(4, SEQ_LEN)
     assert torch.equal(batch, torch.from_numpy(mapped.astype(np.int64)))
 
 

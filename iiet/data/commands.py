@@ -10,7 +10,7 @@ file, directory or glob (``.txt``/``.raw`` incl. WikiExtractor output, ``.jsonl`
 
 from __future__ import annotations
 
-from iiet.data.packed import prepare_data
+from iiet.data.prepare import prepare_data
 from iiet.data.tokenizer import train_tokenizer
 
 
@@ -47,26 +47,37 @@ def data_prepare(
     val_fraction: float = 0.01,
     max_documents: int | None = None,
     seed: int = 0,
-    num_proc: int = 1,
+    num_proc: int | None = None,
     text_field: str = "text",
+    num_nodes: int = 1,
+    node_rank: int = 0,
+    max_replacement_share: float = 0.01,
 ) -> None:
-    """Tokenize sources once into packed train.bin/val.bin (seq_len tokens per row) and meta.json.
+    """Tokenize sources once into packed shards (seq_len tokens per row) indexed by meta.json.
 
     Documents are separated by the eos token and packed into rows of exactly seq_len tokens; whole documents are
-    held out for validation. Re-running with the same tokenizer, seq_len and sources reuses the existing files.
+    held out for validation. The sources are cut into pieces (runs of files, or dataset shards), tokenized in
+    parallel into output_dir/shards/; an interrupted run resumes without redoing finished shards, and re-running
+    with the same tokenizer, seq_len and sources reuses everything. Several machines can share the work through one
+    output_dir on a shared file system (--num_nodes N --node_rank K on each).
 
     Args:
         sources: Text sources: files, directories, globs, hf:NAME[:CONFIG], or builtin (Python's standard library).
         tokenizer: Tokenizer folder (from iiet tokenizer-train) or Hugging Face name, e.g. meta-llama/Llama-2-7b-hf.
-        output_dir: Folder to write train.bin, val.bin and meta.json to.
+        output_dir: Folder to write shards/ and meta.json to.
         seq_len: Tokens per packed training sequence.
         val_fraction: Fraction of documents held out for validation (whole documents, chosen by seed).
-        max_documents: Read at most this many documents in total (default: all).
+        max_documents: Read at most this many documents in total (default: all; pieces are then read in order).
         seed: Seed of the validation-document choice.
-        num_proc: Tokenizer processes; keep 1 for fast tokenizers (they already use every core).
+        num_proc: Worker processes (default: every core this process may use).
         text_field: Field holding the text in .jsonl/.json/.parquet records and HF datasets.
+        num_nodes: Machines preparing into the same output_dir; each takes every num_nodes-th piece.
+        node_rank: This machine's index, 0 .. num_nodes - 1; the last to finish writes meta.json.
+        max_replacement_share: Refuse a file whose share of undecodable (non-UTF-8) characters exceeds this
+            (binary files are refused outright); 1 tokenizes anything.
     """
     prepare_data(
         sources, tokenizer, output_dir, seq_len=seq_len, val_fraction=val_fraction, max_documents=max_documents,
-        seed=seed, num_proc=num_proc, text_field=text_field,
+        seed=seed, num_proc=num_proc, text_field=text_field, num_nodes=num_nodes, node_rank=node_rank,
+        max_replacement_share=max_replacement_share,
     )

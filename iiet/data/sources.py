@@ -11,10 +11,16 @@ A *source* is a string, resolved in this order:
 
 Every source yields documents in a fixed order, so tokenizer training and data preparation are reproducible.
 :func:`source_fingerprint` records what a source held (file sha256s), so prepared data can say what it was made of.
+
+For parallel preparation a source is cut into :class:`Piece` s (:func:`list_pieces`): runs of consecutive files of
+about ``total / 64`` bytes (256 KiB to 256 MiB), or one shard of a Hugging Face dataset. The pieces depend only on
+the source, so the concatenation of their documents is the source's document stream, whoever reads them.
+:func:`check_text_file` refuses binary or non-UTF-8 files before anything is tokenized.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import html
@@ -25,6 +31,7 @@ import platform
 import re
 import sysconfig
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,12 @@ _WIKIEXTRACTOR_OPEN = re.compile(r"^<doc\b[^>]*>\s*$")
 _WIKIEXTRACTOR_TITLE = re.compile(r'\btitle="([^"]*)"')
 _WIKIEXTRACTOR_CLOSE = "</doc>"
 _HASH_CHUNK_BYTES = 1 << 20
+_PARQUET_BATCH_ROWS = 1024
+_PIECES_PER_SOURCE = 64  # a source is cut into about this many pieces (enough to keep every worker busy)
+_MIN_PIECE_BYTES = 1 << 18
+_MAX_PIECE_BYTES = 1 << 28
+_TEXT_CHECK_BYTES = 1 << 16  # bytes read from the head of each file to tell text from binary
+REPLACEMENT_CHARACTER = "\ufffd"  # what undecodable bytes become when text is read with errors="replace"
 _SOURCE_HELP = "pass an existing file, directory or glob, `hf:NAME[:CONFIG]` for a Hugging Face dataset, or `builtin`"
 
 
@@ -65,15 +78,128 @@ def iter_documents(
         IIETError: The path does not exist, a directory or glob holds no readable files, a record lacks
             ``text_field``, or the source turns out to hold no documents at all.
     """
-    if source == BUILTIN_SOURCE:
-        documents: Iterable[str] = builtin_corpus()
-    elif source.startswith(HF_PREFIX):
-        documents = _iter_hf_dataset(source, text_field, split, streaming)
+    if source.startswith(HF_PREFIX):
+        documents: Iterable[str] = _iter_hf_dataset(source, text_field, split, streaming)
     else:
         # Resolve eagerly so a wrong path fails here, not at the first ``next()`` deep inside a training run.
-        files = resolve_files(source)
+        files = _builtin_files() if source == BUILTIN_SOURCE else resolve_files(source)
         documents = (document for path in files for document in _iter_file(path, text_field))
     return _non_blank(documents, source)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A unit of preparation work: consecutive files of one source, or one shard of a Hugging Face dataset.
+
+    Args:
+        source: The source string it belongs to.
+        files: Its local files, in order (empty for a Hugging Face shard).
+        shard: Index of the dataset shard (Hugging Face sources).
+        num_shards: Number of shards the dataset was cut into (Hugging Face sources).
+        num_bytes: Size of its files, when known (drives the progress bar's ETA).
+    """
+
+    source: str
+    files: tuple[str, ...] = ()
+    shard: int = 0
+    num_shards: int = 1
+    num_bytes: int | None = None
+
+    def describe(self) -> str:
+        """A short human-readable name, for messages."""
+        if not self.files:
+            return f"{self.source} (shard {self.shard} of {self.num_shards})"
+        return self.files[0] if len(self.files) == 1 else f"{self.files[0]} .. {self.files[-1]} ({len(self.files)} files)"
+
+
+def list_pieces(source: str, split: str = "train") -> list[Piece]:
+    """Cut a source into pieces whose documents, concatenated in order, are the source's documents.
+
+    Local files are grouped into runs of at least ``clamp(total / 64, 256 KiB, 256 MiB)`` bytes (a larger file is a
+    piece of its own); a Hugging Face dataset gives one piece per shard of its streaming form (usually a data file).
+
+    Args:
+        source: A source string (see :func:`iter_documents`).
+        split: Split of a Hugging Face dataset.
+
+    Returns:
+        The pieces, in document order.
+
+    Raises:
+        IIETError: The source is invalid (see :func:`resolve_files`) or the dataset cannot be loaded.
+    """
+    if source.startswith(HF_PREFIX):
+        num_shards = _load_hf_dataset(source, split, streaming=True).num_shards
+        return [Piece(source, shard=index, num_shards=num_shards) for index in range(num_shards)]
+    files = _builtin_files() if source == BUILTIN_SOURCE else resolve_files(source)
+    sizes = [file.stat().st_size for file in files]
+    target = min(max(sum(sizes) // _PIECES_PER_SOURCE, _MIN_PIECE_BYTES), _MAX_PIECE_BYTES)
+    pieces, group, group_bytes = [], [], 0
+    for file, size in zip(files, sizes):
+        group.append(str(file))
+        group_bytes += size
+        if group_bytes >= target:
+            pieces.append(Piece(source, tuple(group), num_bytes=group_bytes))
+            group, group_bytes = [], 0
+    if group:
+        pieces.append(Piece(source, tuple(group), num_bytes=group_bytes))
+    return pieces
+
+
+def iter_piece(piece: Piece, text_field: str = "text", split: str = "train") -> Iterator[str]:
+    """Yield the documents of one piece, blank ones included (callers skip them).
+
+    Args:
+        piece: From :func:`list_pieces`.
+        text_field: Field holding the text in structured records.
+        split: Split of a Hugging Face dataset.
+
+    Returns:
+        An iterator of document strings.
+    """
+    if not piece.files:
+        rows = _load_hf_dataset(piece.source, split, streaming=True).shard(piece.num_shards, piece.shard)
+        for index, row in enumerate(rows):
+            yield _record_text(row, text_field, f"{piece.describe()} row {index}")
+        return
+    for file in piece.files:
+        yield from _iter_file(Path(file), text_field)
+
+
+def check_text_file(path: str | Path, max_replacement_share: float) -> float:
+    """Refuse a file that is not UTF-8 text, judged from its first 64 KiB; return its share of undecodable bytes.
+
+    Binary data (NUL bytes, as in executables, archives, UTF-16 text) is refused outright; otherwise the head is
+    decoded as UTF-8 and the share of characters that come out as U+FFFD (bytes that are not UTF-8) is compared
+    with ``max_replacement_share``. Parquet files are binary by design and are not checked here.
+
+    Args:
+        path: The file.
+        max_replacement_share: Largest accepted share of replacement characters.
+
+    Returns:
+        The share of replacement characters in the head (0.0 for parquet).
+
+    Raises:
+        IIETError: The file looks binary or holds too many bytes that are not UTF-8.
+    """
+    path = Path(path)
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return 0.0
+    with open(path, "rb") as file:
+        head = file.read(_TEXT_CHECK_BYTES)
+    override = "pass --max_replacement_share 1 to tokenize it anyway"
+    if b"\x00" in head and max_replacement_share < 1.0:
+        raise IIETError(f"{str(path)!r} looks binary (it holds NUL bytes), not text; remove it from the sources or "
+                        f"convert it to UTF-8 text ({override})")
+    text = head.decode("utf-8", errors="replace")
+    if len(head) == _TEXT_CHECK_BYTES:  # the read may have cut the last character in two
+        text = text[:-4]
+    share = text.count(REPLACEMENT_CHARACTER) / max(len(text), 1)
+    if share > max_replacement_share:
+        raise IIETError(f"{str(path)!r} is not UTF-8 text ({share:.1%} of its first characters are undecodable); "
+                        f"convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or drop it ({override})")
+    return share
 
 
 def iter_corpus(
@@ -112,7 +238,7 @@ def builtin_corpus() -> Iterator[str]:
         An iterator of source-file texts (about 1,000 documents, ~12 MB, depending on the Python version).
     """
     for path in _builtin_files():
-        yield path.read_text(encoding="utf-8", errors="replace")
+        yield from _iter_text_file(path)
 
 
 def resolve_files(source: str) -> list[Path]:
@@ -178,7 +304,7 @@ def source_fingerprint(source: str, split: str = "train") -> dict[str, Any]:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Return the hex sha256 digest of a file, read in chunks.
+    """Return the hex sha256 digest of a file, read in chunks (once per process while size and mtime stay).
 
     Args:
         path: The file.
@@ -186,6 +312,12 @@ def file_sha256(path: str | Path) -> str:
     Returns:
         The 64-character hex digest.
     """
+    status = os.stat(path)
+    return _file_sha256(str(path), status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(_HASH_CHUNK_BYTES):
@@ -332,14 +464,32 @@ def _iter_json(path: Path, text_field: str) -> Iterator[str]:
 
 
 def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
-    import datasets
+    """Stream one column of a parquet file batch by batch (never the whole table)."""
+    import pyarrow.parquet
 
-    rows = datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
-    for index, row in enumerate(rows):
-        yield _record_text(row, text_field, f"{path} row {index}")
+    try:
+        table = pyarrow.parquet.ParquetFile(path)
+    except pyarrow.ArrowException as error:
+        raise IIETError(f"{str(path)!r} is not a readable parquet file ({error}); fix or remove it") from None
+    names = table.schema_arrow.names
+    if text_field not in names:
+        raise IIETError(f"{path}: no {text_field!r} column (found {sorted(names)}); pass --text_field NAME")
+    for batch in table.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[text_field]):
+        column = batch.column(0)
+        if not (pyarrow.types.is_string(column.type) or pyarrow.types.is_large_string(column.type)):
+            raise IIETError(f"{path}: column {text_field!r} is {column.type}, not text; pick a text column")
+        for text in column.to_pylist():
+            if text is not None:
+                yield text
 
 
 def _iter_hf_dataset(source: str, text_field: str, split: str, streaming: bool) -> Iterator[str]:
+    rows = _load_hf_dataset(source, split, streaming)
+    for index, row in enumerate(rows):
+        yield _record_text(row, text_field, f"{source} row {index}")
+
+
+def _load_hf_dataset(source: str, split: str, streaming: bool):
     import datasets
 
     name, _, config = source[len(HF_PREFIX) :].partition(":")
@@ -353,5 +503,4 @@ def _iter_hf_dataset(source: str, text_field: str, split: str, streaming: bool) 
             f"cannot load Hugging Face dataset {name!r} (config {config or None!r}, split {split!r}): {first_line}; "
             "check the name/config/split and your network or HF_TOKEN, or download it and pass local files"
         ) from error
-    for index, row in enumerate(rows):
-        yield _record_text(row, text_field, f"{source} row {index}")
+    return rows

@@ -10,7 +10,8 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM
 
-from iiet.data.packed import load_meta, prepare_data
+from iiet.data.packed import load_meta
+from iiet.data.prepare import prepare_data
 from iiet.data.tokenizer import train_tokenizer
 
 from iiet.errors import IIETError

@@ -34,7 +34,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
-from iiet.data.packed import META_FILE, PackedDataset, check_compatible, prepare_data
+from iiet.data.packed import META_FILE, PackedDataset, check_compatible
+from iiet.data.prepare import prepare_data
 from iiet.data.tokenizer import train_tokenizer
 from iiet.errors import IIETError
 from iiet.models.export import special_token_ids, with_special_tokens
