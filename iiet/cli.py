@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "tokenizer-train": "iiet.data.commands:tokenizer_train",
     "data-prepare": "iiet.data.commands:data_prepare",
     "eval": "iiet.eval.commands:eval_command",
+    "serve": "iiet.serve.commands:serve",
 }
 
 

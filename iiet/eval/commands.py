@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from iiet.errors import IIETError
-from iiet.eval.harness import PAPER_TASKS, evaluate
+from iiet.eval.harness import PAPER_TASKS, evaluate, scheme_overrides
 from iiet.eval.report import markdown_table
 
 
@@ -43,19 +42,7 @@ def eval_command(
         adaptive_tolerance: IIET checkpoints only: stop correcting a token at a layer once 1 - cos between its
             successive iterates is below this (docs/adaptive.md); 0 runs every correction.
     """
-    scheme = {}
-    if num_iterations is not None:
-        if num_iterations < 0:
-            raise IIETError(f"num_iterations must be >= 0, got {num_iterations}")
-        scheme["num_iterations"] = num_iterations
-        # A saved per-layer plan would take precedence over num_iterations; a uniform count must clear it.
-        scheme["iteration_plan"] = None
-    if iteration_plan is not None:
-        scheme["iteration_plan"] = list(iteration_plan)
-    if adaptive_tolerance is not None:
-        scheme["adaptive_tolerance"] = adaptive_tolerance
-    # Each checkpoint keeps its own scheme dict; only these keys are replaced (see harness.override_config).
-    overrides = {"scheme": scheme} if scheme else None
+    overrides = scheme_overrides(num_iterations, iteration_plan, adaptive_tolerance)
     results = evaluate(
         models,
         tasks=tasks,

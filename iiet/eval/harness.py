@@ -132,6 +132,30 @@ def override_config(config, overrides: Mapping[str, Any] | None, source: str = "
     return type(config).from_dict(_merge(fields, overrides))
 
 
+def scheme_overrides(
+    num_iterations: int | None = None,
+    iteration_plan: Sequence[int] | None = None,
+    adaptive_tolerance: float | None = None,
+) -> dict[str, Any] | None:
+    """The ``model_overrides`` that run an IIET checkpoint with other corrections than it was saved with.
+
+    ``num_iterations`` corrections in every layer (clears a saved per-layer plan, which would take precedence),
+    a per-layer ``iteration_plan``, or adaptive corrections to ``adaptive_tolerance``; the checkpoint's other
+    scheme settings are kept (``override_config`` merges the scheme dict key by key). ``None`` when nothing is set.
+    """
+    scheme: dict[str, Any] = {}
+    if num_iterations is not None:
+        if num_iterations < 0:
+            raise IIETError(f"num_iterations must be >= 0, got {num_iterations}")
+        scheme["num_iterations"] = num_iterations
+        scheme["iteration_plan"] = None
+    if iteration_plan is not None:
+        scheme["iteration_plan"] = list(iteration_plan)
+    if adaptive_tolerance is not None:
+        scheme["adaptive_tolerance"] = adaptive_tolerance
+    return {"scheme": scheme} if scheme else None
+
+
 def load_checkpoint(
     path: str | Path,
     model_overrides: Mapping[str, Any] | None = None,

@@ -253,3 +253,18 @@ class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
     def num_block_evaluations(self) -> int:
         """Block evaluations per token (= KV-cache slots per token)."""
         return self.model.num_slots
+
+    def init_continuous_batching(self, *args, **kwargs):
+        """Refused: transformers' continuous batching would not compute this model (docs/serving.md).
+
+        Its paged cache holds one KV entry per *layer* and it packs all requests into one row whose separation only
+        an attention reading its paged kwargs respects; this model needs one slot per block evaluation. Refusing here
+        covers every way in: ``generate_batch``, ``generate(cache_implementation="paged")`` and
+        ``transformers serve --continuous-batching``.
+        """
+        raise IIETError(
+            "continuous batching (paged attention: generate_batch, cache_implementation='paged', transformers serve "
+            "--continuous-batching) is not supported: its paged cache holds one KV entry per layer and this model "
+            f"needs {self.num_block_evaluations()} (one per block evaluation); use generate() or `iiet serve`, "
+            "which decode each request exactly"
+        )

@@ -1,0 +1,104 @@
+"""``iiet serve``: one checkpoint behind an OpenAI-compatible API (docs/serving.md)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+
+from iiet.errors import IIETError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one), or ``IIETError`` naming the fix.
+
+    Bound before the model loads, so that a taken port is reported at once, and handed to uvicorn as it is, so that
+    nothing can take the port in between.
+    """
+    if not 0 <= port <= 65535:
+        raise IIETError(f"port must be in 0..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise IIETError(f"cannot resolve host {host!r} ({error.strerror}); pass an address such as 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        reason = "is in use" if error.errno == errno.EADDRINUSE else f"cannot be bound ({error.strerror})"
+        raise IIETError(f"{host}:{port} {reason}; pass another --port (or --host)") from None
+    sock.listen(128)
+    return sock
+
+
+def load_served(model: str, device: str = "auto", dtype: str = "auto", overrides: dict | None = None):
+    """The ``ServedModel`` of checkpoint directory ``model``: weights and tokenizer, in eval mode on ``device``."""
+    from iiet.eval.harness import load_checkpoint, resolve_device, resolve_dtype
+    from iiet.serve.app import ServedModel
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    network, tokenizer = load_checkpoint(model, overrides, torch_dtype)
+    return ServedModel(model, network.to(torch_device).eval(), tokenizer)
+
+
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    dtype: str = "auto",
+    num_iterations: int | None = None,
+    iteration_plan: list[int] | None = None,
+    adaptive_tolerance: float | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Serve a checkpoint behind an OpenAI-compatible API (transformers serve's app) until Ctrl+C.
+
+    Endpoints: POST /v1/completions and /v1/chat/completions (streaming with "stream": true), GET /v1/models and
+    /health. Clients pass the checkpoint path as "model", e.g. openai.OpenAI(base_url="http://127.0.0.1:8000/v1",
+    api_key="none").completions.create(model=CKPT, prompt="...", max_tokens=32). Without a temperature the
+    server decodes greedily, exactly as model.generate() does; concurrent requests queue and are decoded one at a
+    time with the exact cache (one KV slot per block evaluation). Continuous batching is not offered (see
+    docs/serving.md).
+
+    Args:
+        model: Checkpoint directory saved with save_pretrained, with its tokenizer (e.g. a training run's final/).
+        host: Address to listen on; the default answers this machine only (0.0.0.0 answers every interface).
+        port: TCP port to listen on (0: any free port).
+        device: cpu, cuda, cuda:N or auto (CUDA when available).
+        dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.
+        num_iterations: IIET checkpoints only: serve with this many implicit-Euler corrections in every layer
+            instead of the trained number (clears a saved per-layer plan).
+        iteration_plan: IIET checkpoints only: corrections per layer, one number per layer, e.g. [0,2,2,1].
+        adaptive_tolerance: IIET checkpoints only: stop correcting a token at a layer once 1 - cos between its
+            successive iterates is below this (docs/adaptive.md); 0 runs every correction.
+        log_level: Server log level: critical, error, warning, info, debug or trace.
+    """
+    from transformers.utils.import_utils import is_serve_available
+
+    if not is_serve_available():
+        raise IIETError("iiet serve needs fastapi, uvicorn and openai; install them with pip install 'iiet[serve]'")
+    import uvicorn
+
+    from iiet.eval.harness import scheme_overrides
+    from iiet.serve.app import build_app
+
+    if log_level not in LOG_LEVELS:
+        raise IIETError(f"unknown log_level {log_level!r}; use one of {', '.join(LOG_LEVELS)}")
+    if not Path(model).expanduser().is_dir():
+        raise IIETError(f"checkpoint {model} does not exist (expected a directory saved with save_pretrained)")
+    overrides = scheme_overrides(num_iterations, iteration_plan, adaptive_tolerance)
+    sock = bind_socket(host, port)
+    served = load_served(model, device, dtype, overrides)
+    host, port = sock.getsockname()[:2]
+    what = served.model.config.model_type
+    if hasattr(served.model, "num_block_evaluations"):  # an iiet model (any AutoModelForCausalLM loads)
+        what += f", {served.model.config.scheme['name']}, {served.model.num_block_evaluations()} block evaluations/token"
+    print(f"serving {model} ({what}, context {served.context_length}) at http://{host}:{port}/v1; Ctrl+C stops")
+    uvicorn.Server(uvicorn.Config(build_app(served), log_level=log_level)).run(sockets=[sock])
