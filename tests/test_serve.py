@@ -21,7 +21,7 @@ openai = pytest.importorskip("openai", reason="the serving tests use the openai 
 import uvicorn  # noqa: E402  (comes with fastapi in transformers[serving])
 
 from iiet import IIETConfig, IIETForCausalLM  # noqa: E402
-from iiet.cli import main  # noqa: E402
+from iiet import cli  # noqa: E402
 from iiet.errors import IIETError  # noqa: E402
 from iiet.eval.harness import scheme_overrides  # noqa: E402
 from iiet.serve.app import build_app  # noqa: E402
@@ -267,7 +267,8 @@ def test_continuous_batching_is_refused(served):
         served.model.generate(torch.tensor([[5, 6, 7]]), cache_implementation="paged", max_new_tokens=2)
 
 
-def test_cli_rejects_bad_input_before_loading(tmp_path, capsys):
+def test_cli_rejects_bad_input_before_loading(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "COMMANDS", {"serve": cli.COMMANDS["serve"]})
     taken = bind_socket("127.0.0.1", 0)
     port = taken.getsockname()[1]
     cases = [
@@ -280,7 +281,7 @@ def test_cli_rejects_bad_input_before_loading(tmp_path, capsys):
     try:
         for args, message in cases:
             with pytest.raises(SystemExit) as exit_info:
-                main(["serve", *args])
+                cli.main(["serve", *args])
             assert exit_info.value.code == 2
             err = capsys.readouterr().err
             assert err.startswith("iiet: error: ") and message in err and err.count("\n") == 1, err
