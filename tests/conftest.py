@@ -36,6 +36,8 @@ ALL_SCHEMES = {
     "pcformer": {"name": "pcformer", "order": 2},
     "pcformer-rk4-per-layer": {"name": "pcformer", "order": 4, "coefficient": "per_layer"},
     "pcformer-normalized": {"name": "pcformer", "history": "normalized"},
+    "pcformer-fl": {"name": "pcformer", "order_plan": [0, 2, 4]},  # explicit first layer, orders per layer
+    "iiet-anderson": {"name": "iiet", "num_iterations": 3, "corrector": {"name": "anderson", "window": 2}},
     "weight-shared": {"name": "weight_shared", "repeats": 3},
 }
 

@@ -6,7 +6,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from iiet import IIETConfig
 from iiet.errors import IIETError
+from iiet.models.correctors import Anderson, FixedPoint
+from iiet.models.schemes import SchemeOptions
 
 from .conftest import TINY, tiny_model
 
@@ -90,3 +93,78 @@ def test_the_tolerance_can_live_in_the_config_for_eval_and_bench():
     assert plain(ids).corrections is None
     assert torch.equal(configured(ids).logits, plain(ids, adaptive_tolerance=1e-1).logits)
     assert configured(ids).corrections.float().mean() < 4
+
+
+ANDERSON = {"name": "anderson", "window": 3}
+
+
+def _contraction(seed=0, d=6, rate=0.9):
+    """A per-token linear contraction G(e) = A e + b with spectral norm ``rate``, and its fixed point."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    A = q @ torch.diag(torch.linspace(-rate, rate, d, dtype=torch.float64)) @ q.T
+    b = torch.randn(2, 5, d, generator=g, dtype=torch.float64)  # (B, T, d)
+    fixed = torch.linalg.solve(torch.eye(d) - A, b[..., None])[..., 0]
+    return (lambda e: e @ A.T + b), fixed
+
+
+def test_anderson_reaches_the_fixed_point_of_a_contraction_in_fewer_evaluations():
+    G, fixed = _contraction()
+
+    def evaluations(c, tol=1e-8, most=400):
+        state, e = c.start(), torch.zeros_like(fixed)
+        for k in range(1, most + 1):
+            e = state.step(e, G(e))
+            if (e - fixed).norm(dim=-1).max() < tol:
+                return k
+        return most
+
+    plain, anderson = evaluations(FixedPoint()), evaluations(Anderson(window=6))
+    assert anderson < plain / 4, (anderson, plain)  # a window as wide as the space: ~d + 1 evaluations
+    assert evaluations(Anderson(window=2)) < plain
+
+
+@torch.no_grad()
+def test_anderson_on_an_iiet_model_gets_closer_to_its_fixed_point_than_plain_iteration():
+    model = tiny_model(SCHEME, residual_init_scale=0.3)  # a contraction at this init
+    ids = _ids()
+    fixed = model(ids, scheme_options=SchemeOptions(plan=[40] * 3)).logits
+    plain = model(ids, scheme_options=SchemeOptions(plan=[4] * 3)).logits
+    anderson = model(ids, scheme_options=SchemeOptions(plan=[4] * 3, corrector=ANDERSON)).logits
+    assert (anderson - fixed).abs().max() < 0.5 * (plain - fixed).abs().max()
+
+
+@torch.no_grad()
+def test_anderson_with_window_zero_is_plain_iteration_bit_for_bit():
+    model = tiny_model(SCHEME)
+    ids = _ids()
+    plain = model(ids, output_iterations=True)
+    zero = model(ids, output_iterations=True, scheme_options=SchemeOptions(corrector={"name": "anderson", "window": 0}))
+    assert torch.equal(plain.logits, zero.logits)
+    for a, b in zip(plain.iterations, zero.iterations):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not torch.equal(plain.logits, model(ids, scheme_options=SchemeOptions(corrector=ANDERSON)).logits)
+
+
+@pytest.mark.parametrize("tol", [None, 1e-3])
+@torch.no_grad()
+def test_anderson_keeps_cached_decoding_exact(tol):
+    configured = tiny_model({**SCHEME, "corrector": ANDERSON, "adaptive_tolerance": tol})
+    ids = _ids()
+    full = configured(ids)
+    cache = DynamicCache()
+    logits = [configured(ids[:, :3], past_key_values=cache, use_cache=True).logits]
+    for t in range(3, ids.shape[1]):
+        logits.append(configured(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
+    assert (torch.cat(logits, 1) - full.logits).abs().max() <= 1e-4
+    per_call = tiny_model(SCHEME)(ids, scheme_options=SchemeOptions(corrector=ANDERSON), adaptive_tolerance=tol)
+    torch.testing.assert_close(per_call.logits, full.logits, atol=0, rtol=0)  # per call == in the config
+
+
+def test_bad_correctors_are_clear_errors():
+    for corrector, message in (({"name": "broyden"}, "unknown corrector"), ({"name": "anderson", "window": -1},
+                               "window"), ({"name": "anderson", "damping": 0}, "damping")):
+        with pytest.raises(IIETError, match=message):
+            IIETConfig(**TINY, scheme={**SCHEME, "corrector": corrector})
+    with pytest.raises(IIETError, match="iiet scheme only"):
+        tiny_model("pcformer")(_ids(), scheme_options=SchemeOptions(corrector=ANDERSON))

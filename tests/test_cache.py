@@ -97,3 +97,26 @@ def test_sampling_generate_runs_with_the_cache():
     torch.manual_seed(0)
     seq = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=True, top_k=5, pad_token_id=0)
     assert seq.shape == (2, 9)
+
+
+@torch.no_grad()
+def test_a_draft_plan_keeps_its_own_slots_beside_the_verifiers():
+    """Self-speculative decoding: the same weights run a cheaper plan (Lower Bound) into slots after the verifier's;
+    both decode exactly their own full forward through one cache, and neither disturbs the other."""
+    from iiet.models.cache import SlotCache
+    from iiet.models.schemes import SchemeOptions
+
+    model = tiny_model({"name": "iiet", "num_iterations": 2})
+    base = model.model
+    draft = SchemeOptions(plan=[0] * TINY["num_hidden_layers"], slot_base=base.num_slots)
+    assert base.slot_offsets_for(draft) == [base.num_slots + n for n in range(TINY["num_hidden_layers"])]
+    ids, _ = _batch(B=2, pad=(0, 0))
+    full, full_draft = model(ids).logits, model(ids, scheme_options=draft).logits
+    for cache in (DynamicCache(), SlotCache(base.num_slots_for(draft), 2, ids.shape[1], TINY["num_key_value_heads"],
+                                            TINY["hidden_size"] // TINY["num_attention_heads"])):
+        verified, drafted = [], []
+        for t in range(ids.shape[1]):  # interleaved: draft token t, then verify it
+            drafted.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True, scheme_options=draft).logits)
+            verified.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
+        assert (torch.cat(verified, 1) - full).abs().max() <= ATOL
+        assert (torch.cat(drafted, 1) - full_draft).abs().max() <= ATOL

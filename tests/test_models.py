@@ -277,3 +277,65 @@ def test_embedding_multiplier_scales_only_the_input_embeddings():
 def test_bad_initialisation_values_are_clear_errors(key, value):
     with pytest.raises(IIETError, match=key):
         IIETConfig(**TINY, **{key: value})
+
+
+@pytest.mark.parametrize("scheme, plan", [({"name": "iiet", "num_iterations": 3}, [0, 3, 1]),
+                                          ({"name": "pcformer", "order": 2}, [0, 4, 2])])
+def test_a_per_call_plan_runs_the_same_weights_as_a_model_built_with_it(scheme, plan):
+    from iiet.models.schemes import SchemeOptions
+
+    model = tiny_model(scheme)
+    planned = IIETForCausalLM(model.config.__class__(**{**model.config.to_dict(), "scheme": model.config.scheme_config
+                                                        .with_plan(plan).to_dict()})).eval()
+    planned.load_state_dict(model.state_dict())
+    x = _ids()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, scheme_options=SchemeOptions(plan=plan)).logits, planned(x).logits,
+                                   atol=0, rtol=0)
+        assert not torch.allclose(model(x).logits, planned(x).logits, atol=1e-4)
+    with pytest.raises(IIETError, match="3 layers"):
+        model(x, scheme_options=SchemeOptions(plan=[1, 1]))
+    with pytest.raises(IIETError, match="takes no per-layer plan"):
+        tiny_model("euler")(x, scheme_options=SchemeOptions(plan=[0, 0, 0]))
+
+
+@pytest.mark.parametrize("reading", ["residual", "normalized"])
+def test_pcformer_with_every_predictor_order_zero_is_dlcl(reading):
+    """Order 0 is no predictor: one explicit step per layer, DLCL's (Euler at initialisation in the residual reading);
+    so PCformer's explicit first layer ([0, o, ..., o]) is a DLCL step."""
+    pc = tiny_model({"name": "pcformer", "order_plan": [0, 0, 0], "history": reading})
+    dlcl = tiny_model({"name": "dlcl", "history": reading}, perturb=False)
+    dlcl.load_state_dict(pc.state_dict(), strict=False)  # everything but gamma
+    x = _ids()
+    torch.testing.assert_close(pc(x).logits, dlcl(x).logits, atol=0, rtol=0)
+    assert pc.config.passes_per_layer == [1, 1, 1]
+    assert tiny_model({"name": "pcformer", "order_plan": [0, 2, 4]}).config.passes_per_layer == [1, 3, 5]
+
+
+def test_scheme_configs_answer_what_tools_ask():
+    from iiet.models.configuration_iiet import parse_scheme
+
+    iiet, pc, euler, ws = (parse_scheme(s) for s in ({"name": "iiet", "num_iterations": 3}, "pcformer", "euler",
+                                                     "weight_shared"))
+    assert iiet.corrections(4) == [3] * 4 and pc.corrections(4) is None and euler.corrections(4) is None
+    assert iiet.explicit_first_layer(4).iteration_plan == [0, 3, 3, 3]
+    assert pc.explicit_first_layer(4).order_plan == [0, 2, 2, 2] and pc.explicit_first_layer(4).passes_per_layer(4) \
+        == [1, 3, 3, 3]
+    assert euler.explicit_first_layer(4) is euler and ws.explicit_first_layer(4) is None
+    assert iiet.has_history and pc.has_history and not euler.has_history
+    assert iiet.accepts_plan and pc.accepts_plan and not euler.accepts_plan and not ws.accepts_plan
+    assert iiet.accepts_tolerance and not pc.accepts_tolerance
+    assert iiet.stage_labels(3) == ["initial compute", "iteration 1", "iteration 2"]
+    assert pc.stage_labels(2) == ["predictor", "corrector"] and ws.stage_labels(2) == ["pass 1", "pass 2"]
+    with pytest.raises(IIETError, match="one of"):
+        IIETConfig(**TINY, scheme={"name": "pcformer", "order_plan": [0, 3, 2]})
+
+
+def test_scheme_modules_initialise_their_own_parameters():
+    model = tiny_model({"name": "pcformer", "coefficient": "per_layer", "history": "normalized"})  # perturbed
+    model.model.scheme.init_parameters()
+    model.model.scheme.history.init_parameters()
+    from iiet.models.schemes import GAMMA_INIT
+
+    assert (model.model.scheme.gamma == GAMMA_INIT).all()
+    torch.testing.assert_close(model.model.scheme.history.weights, model.model.scheme.history.initial_weights())

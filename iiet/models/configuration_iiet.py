@@ -16,6 +16,10 @@ scheme ``name``     what it computes                                       paper
 
 The scheme is stored in ``config.scheme`` as a plain dict (``{"name": "iiet", "num_iterations": 3}``) so that the
 config stays JSON; ``config.scheme_config`` returns the validated dataclass.
+
+Tools never switch on a scheme's name: they ask its config (``SchemeConfig``) what they need to know: the block
+evaluations and corrections per layer, whether it has a layer history, whether it accepts a per-layer plan
+(``with_plan``) or a tolerance, the names of its traced stages (heatmap rows) and its explicit-first-layer variant.
 """
 
 from __future__ import annotations
@@ -26,24 +30,68 @@ from typing import Any, ClassVar, Literal
 
 from transformers import LlamaConfig
 
-from .errors import IIETError
+from .correctors import CorrectorConfig, parse_corrector
+from .errors import IIETError, SchemeConfigError
 
 HISTORY_READINGS = ("residual", "normalized")
 
 
-class SchemeConfigError(IIETError):
-    """A scheme value the model cannot be built with; the message says how to fix it."""
-
-
 @dataclass
 class SchemeConfig:
-    """Base of the typed scheme parameters."""
+    """Base of the typed scheme parameters, and what tools may ask of a scheme.
+
+    Class attributes:
+        name: the key in ``config.scheme["name"]``.
+        has_history: the scheme keeps a DLCL layer history (``scheme.history`` reading, ``history_combinations``).
+        accepts_tolerance: adaptive corrections (``adaptive_tolerance``) and correctors apply.
+        plan_field: the field holding a per-layer plan (``None``: the scheme takes none); see ``plan``/``with_plan``.
+        plan_values: the values a plan entry may take (``None``: any integer >= 0).
+    """
 
     name: ClassVar[str] = ""
+    has_history: ClassVar[bool] = False
+    accepts_tolerance: ClassVar[bool] = False
+    plan_field: ClassVar[str | None] = None
+    plan_values: ClassVar[tuple[int, ...] | None] = None
 
     def passes_per_layer(self, num_layers: int) -> list[int]:
         """Block evaluations of each layer (each one owns a KV-cache slot)."""
         return [1] * num_layers
+
+    def corrections(self, num_layers: int) -> list[int] | None:
+        """Implicit-Euler corrections per layer; ``None`` for a scheme that has none to plan or stop early."""
+        return None
+
+    def history_combinations(self, num_layers: int) -> list[int] | None:
+        """Combinations of the layer history each layer computes (``None`` without a history)."""
+        return None
+
+    @property
+    def accepts_plan(self) -> bool:
+        return self.plan_field is not None
+
+    def plan(self, num_layers: int) -> list[int] | None:
+        """The per-layer plan the scheme runs (IIET: corrections, PCformer: predictor orders); ``None`` if it takes none."""
+        return None
+
+    def with_plan(self, plan: list[int]) -> "SchemeConfig":
+        """The same scheme running ``plan`` (the parameters do not change, so any checkpoint can run any plan)."""
+        if self.plan_field is None:
+            raise SchemeConfigError(
+                f"the {self.name!r} scheme takes no per-layer plan; plans apply to schemes with a multi-pass layer "
+                f"({', '.join(sorted(n for n, c in SCHEMES.items() if c.plan_field))})."
+            )
+        return dataclasses.replace(self, **{self.plan_field: list(plan)})
+
+    def explicit_first_layer(self, num_layers: int) -> "SchemeConfig | None":
+        """The variant whose layer 0 is a single explicit step (``self`` if it is already; ``None`` if the scheme
+        cannot express one). At small token budgets a multi-pass layer 0 holds a model at the unigram plateau
+        (docs/training.md, "The slow start of IIET")."""
+        return self
+
+    def stage_labels(self, num_stages: int) -> list[str]:
+        """Names of the ``num_stages`` transitions between the states a layer traces (influence heatmap rows)."""
+        return [f"pass {i + 1}" for i in range(num_stages)]
 
     def validate(self, num_layers: int) -> None:
         """Raise ``SchemeConfigError`` on values the model cannot be built with."""
@@ -54,6 +102,19 @@ class SchemeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}
+
+    def _validate_plan(self, plan: list[int] | None, num_layers: int, what: str) -> None:
+        if plan is None:
+            return
+        field = f"scheme.{self.plan_field}"
+        if len(plan) != num_layers:
+            raise SchemeConfigError(
+                f"{field} has {len(plan)} entries but the model has {num_layers} layers; give one {what} per layer."
+            )
+        allowed = self.plan_values
+        if any(not isinstance(k, int) or isinstance(k, bool) or k < 0 or (allowed and k not in allowed) for k in plan):
+            values = f"one of {list(allowed)}" if allowed else "integers >= 0"
+            raise SchemeConfigError(f"{field}={plan} must hold {values} ({what} per layer).")
 
 
 @dataclass
@@ -75,6 +136,7 @@ class DLCLScheme(SchemeConfig):
     """
 
     name: ClassVar[str] = "dlcl"
+    has_history: ClassVar[bool] = True
     history: Literal["residual", "normalized"] = "residual"
 
     def corrections(self, num_layers: int) -> list[int]:
@@ -91,6 +153,9 @@ class DLCLScheme(SchemeConfig):
         if not any(corrections):
             return history
         return f"{history} and runs implicit-Euler corrections (per layer: {corrections})"
+
+    def stage_labels(self, num_stages: int) -> list[str]:
+        return ["initial compute"] + [f"iteration {i}" for i in range(1, num_stages)]
 
     def validate(self, num_layers: int) -> None:
         if self.history not in HISTORY_READINGS:
@@ -109,12 +174,18 @@ class ImplicitEulerScheme(DLCLScheme):
             is the paper's "Lower Bound".
         adaptive_tolerance: inference only. When set, a token stops correcting at a layer once ``1 - cos`` between
             successive iterates falls below it (docs/adaptive.md). ``None`` (default) always runs the plan.
+        corrector: how a correction computes the next iterate (``iiet.models.correctors``): ``None`` or
+            ``{"name": "fixed_point"}`` = the paper's fixed-point step; ``{"name": "anderson", "window": m,
+            "damping": beta}`` = Anderson mixing. ``adaptive_tolerance`` adds the stopping rule to either.
     """
 
     name: ClassVar[str] = "iiet"
+    accepts_tolerance: ClassVar[bool] = True
+    plan_field: ClassVar[str | None] = "iteration_plan"
     num_iterations: int = 3
     iteration_plan: list[int] | None = None
     adaptive_tolerance: float | None = None
+    corrector: dict[str, Any] | None = None
 
     def corrections(self, num_layers: int) -> list[int]:
         if self.iteration_plan is not None:
@@ -124,27 +195,30 @@ class ImplicitEulerScheme(DLCLScheme):
     def passes_per_layer(self, num_layers: int) -> list[int]:
         return [1 + r for r in self.corrections(num_layers)]
 
+    def plan(self, num_layers: int) -> list[int]:
+        return self.corrections(num_layers)
+
+    def explicit_first_layer(self, num_layers: int) -> "ImplicitEulerScheme":
+        plan = self.corrections(num_layers)
+        return self if plan[0] == 0 else self.with_plan([0, *plan[1:]])
+
+    def corrector_config(self) -> CorrectorConfig:
+        """The configured corrector, with the stopping rule when ``adaptive_tolerance`` is set."""
+        corrector = parse_corrector(self.corrector)
+        return corrector if self.adaptive_tolerance is None else corrector.with_tolerance(self.adaptive_tolerance)
+
     def validate(self, num_layers: int) -> None:
         super().validate(num_layers)
         if not isinstance(self.num_iterations, int) or self.num_iterations < 0:
             raise SchemeConfigError(
                 f"scheme.num_iterations={self.num_iterations!r} must be an integer >= 0 (0 = DLCL)."
             )
-        if self.iteration_plan is not None:
-            plan = self.iteration_plan
-            if len(plan) != num_layers:
-                raise SchemeConfigError(
-                    f"scheme.iteration_plan has {len(plan)} entries but the model has {num_layers} layers; "
-                    "give one number of corrections per layer."
-                )
-            if any(not isinstance(r, int) or r < 0 for r in plan):
-                raise SchemeConfigError(
-                    f"scheme.iteration_plan={plan} must hold integers >= 0 (corrections per layer)."
-                )
+        self._validate_plan(self.iteration_plan, num_layers, "number of corrections")
         if self.adaptive_tolerance is not None and not self.adaptive_tolerance >= 0:
             raise SchemeConfigError(
                 f"scheme.adaptive_tolerance={self.adaptive_tolerance!r} must be >= 0 (or null to switch it off)."
             )
+        parse_corrector(self.corrector)
 
 
 @dataclass
@@ -155,25 +229,51 @@ class PredictorCorrectorScheme(DLCLScheme):
         order: predictor order, 2 (the paper's) or 4.
         coefficient: the EMA coefficient ``gamma``: one scalar for the whole model (``"shared"``, as in the public
             code) or one per layer (``"per_layer"``). Initialised to 0.5.
+        order_plan: predictor order per layer, overriding ``order``. Order ``0`` is no predictor: the layer is one
+            explicit step (``e_{n+1} = store(x_n, F_n(x_n))``, DLCL's, which is Euler at initialisation). ``[0, 2,
+            ..., 2]`` is the PCformer with an explicit first layer; all zeros its Lower Bound (IIAD).
     """
 
     name: ClassVar[str] = "pcformer"
+    plan_field: ClassVar[str | None] = "order_plan"
+    plan_values: ClassVar[tuple[int, ...] | None] = (0, 2, 4)
     order: Literal[2, 4] = 2
     coefficient: Literal["shared", "per_layer"] = "shared"
+    order_plan: list[int] | None = None
+
+    def orders(self, num_layers: int) -> list[int]:
+        """Predictor order of each layer (0 = no predictor)."""
+        return list(self.order_plan) if self.order_plan is not None else [self.order] * num_layers
 
     def passes_per_layer(self, num_layers: int) -> list[int]:
-        return [self.order + 1] * num_layers
+        return [order + 1 for order in self.orders(num_layers)]
+
+    def corrections(self, num_layers: int) -> None:
+        return None  # a predictor is not a sequence of fixed-point corrections
 
     def history_combinations(self, num_layers: int) -> list[int]:
         return [1] * num_layers  # the corrector's output
 
     def beyond_llama(self, num_layers: int) -> str | None:
-        return f"each layer runs an order-{self.order} Runge-Kutta predictor and a multistep corrector"
+        if self.order_plan is None:
+            return f"each layer runs an order-{self.order} Runge-Kutta predictor and a multistep corrector"
+        return f"its layers run Runge-Kutta predictors of orders {self.order_plan} and a multistep corrector"
+
+    def plan(self, num_layers: int) -> list[int]:
+        return self.orders(num_layers)
+
+    def explicit_first_layer(self, num_layers: int) -> "PredictorCorrectorScheme":
+        orders = self.orders(num_layers)
+        return self if orders[0] == 0 else self.with_plan([0, *orders[1:]])
+
+    def stage_labels(self, num_stages: int) -> list[str]:
+        return ["predictor", "corrector"] if num_stages == 2 else super().stage_labels(num_stages)
 
     def validate(self, num_layers: int) -> None:
         super().validate(num_layers)
         if self.order not in (2, 4):
             raise SchemeConfigError(f"scheme.order={self.order!r}: the predictor supports order 2 or 4.")
+        self._validate_plan(self.order_plan, num_layers, "predictor order")
         if self.coefficient not in ("shared", "per_layer"):
             raise SchemeConfigError(
                 f"scheme.coefficient={self.coefficient!r} must be 'shared' or 'per_layer'."
@@ -196,6 +296,9 @@ class WeightSharedScheme(SchemeConfig):
 
     def beyond_llama(self, num_layers: int) -> str | None:
         return None if self.repeats == 1 else f"each layer is applied {self.repeats} times in a row"
+
+    def explicit_first_layer(self, num_layers: int) -> None:
+        return None if self.repeats > 1 else self  # one repeat count for every layer
 
     def validate(self, num_layers: int) -> None:
         if not isinstance(self.repeats, int) or self.repeats < 1:

@@ -8,3 +8,7 @@ value, an impossible iteration plan, a vocabulary mismatch, a corrupt checkpoint
 
 class IIETError(ValueError):
     """Bad input that the user can fix; the message names the problem and the fix."""
+
+
+class SchemeConfigError(IIETError):
+    """A scheme value the model cannot be built with; the message says how to fix it."""

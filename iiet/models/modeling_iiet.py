@@ -1,13 +1,18 @@
 """The numerical-Transformer model: embeddings -> scheme over shared LLaMA blocks -> RMSNorm -> LM head.
 
-``IIETModel`` owns the blocks and hands the scheme an ``evaluate(n, i, x)`` function; the scheme decides how the
+``IIETModel`` owns the blocks and hands the scheme a block runner ``blocks(n, i, x)``; the scheme decides how the
 updates combine (``schemes.py``). Block evaluation ``i`` of layer ``n`` owns KV-cache slot ``offset[n] + i``, so the
 cache has one slot per block evaluation, handed out in evaluation order, and cached decoding equals the full forward
 for every scheme and iteration plan (tests/test_cache.py).
+
+``forward(..., scheme_options=SchemeOptions(...))`` runs one call differently on the same weights (another plan, a
+corrector, its own cache slots from ``slot_base``; see ``schemes.py``). ``adaptive_tolerance=`` and
+``output_iterations=`` are shorthands for the corresponding options.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -18,11 +23,11 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from .configuration_iiet import SCHEMES, IIETConfig
+from .correctors import parse_corrector
 from .errors import IIETError
-
-from .configuration_iiet import IIETConfig
 from .layers import AttentionContext, DecoderBlock, RMSNorm, rotary_cos_sin
-from .schemes import ImplicitEuler, LayerHistory, PredictorCorrector, build_scheme
+from .schemes import SchemeOptions, build_scheme
 
 
 @dataclass
@@ -60,10 +65,9 @@ class IIETPreTrainedModel(PreTrainedModel):
         if getattr(module, "writes_residual", False) and self.config.residual_init_scale != 1.0:
             # Attention o_proj and MLP down_proj (marked in layers.py): the block update F starts small.
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range * self.config.residual_init_scale)
-        elif isinstance(module, LayerHistory):
-            init.copy_(module.weights, module.initial_weights())
-        elif isinstance(module, PredictorCorrector):
-            init.constant_(module.gamma, 0.5)
+        own = getattr(module, "init_parameters", None)  # the scheme's modules initialise their own parameters
+        if own is not None:
+            own()
 
 
 def _output_cache(output: BaseModelOutputWithPast) -> Cache | None:
@@ -72,7 +76,7 @@ def _output_cache(output: BaseModelOutputWithPast) -> Cache | None:
 
 
 class BlockRunner:
-    """What the scheme calls to evaluate blocks: block ``n``'s ``i``-th evaluation uses cache slot ``offset[n] + i``."""
+    """The scheme's ``blocks``: block ``n``'s ``i``-th evaluation uses cache slot ``slot_offsets[n] + i``."""
 
     def __init__(self, layers: nn.ModuleList, slot_offsets: list[int], ctx: AttentionContext):
         self.layers, self.slot_offsets, self.ctx = layers, slot_offsets, ctx
@@ -98,11 +102,50 @@ class IIETModel(IIETPreTrainedModel):
         self.layers = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_hidden_layers))
         self.scheme = build_scheme(config)
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        passes = config.passes_per_layer
-        self.slot_offsets = [0, *accumulate(passes)][:-1]  # first cache slot of each layer
-        self.num_slots = sum(passes)
-        self.adaptive_tolerance = getattr(config.scheme_config, "adaptive_tolerance", None)
+        self.scheme_config = config.scheme_config
+        self.slot_offsets = self.slot_offsets_for()  # first cache slot of each layer
+        self.num_slots = config.num_block_evaluations
+        self.adaptive_tolerance = getattr(self.scheme_config, "adaptive_tolerance", None)
         self.post_init()
+
+    def slot_offsets_for(self, options: SchemeOptions = SchemeOptions()) -> list[int]:
+        """First cache slot of each layer for a call with ``options`` (its plan and ``slot_base``)."""
+        passes = self._call_scheme(options).passes_per_layer(self.config.num_hidden_layers)
+        return [options.slot_base + offset for offset in [0, *accumulate(passes)][:-1]]
+
+    def num_slots_for(self, options: SchemeOptions = SchemeOptions()) -> int:
+        """Cache slots a call with ``options`` uses, ``slot_base`` included (the size of a cache it fits in)."""
+        return options.slot_base + sum(self._call_scheme(options).passes_per_layer(self.config.num_hidden_layers))
+
+    def _call_scheme(self, options: SchemeOptions):
+        if options.plan is None:
+            return self.scheme_config
+        scheme = self.scheme_config.with_plan(options.plan)
+        scheme.validate(self.config.num_hidden_layers)
+        return scheme
+
+    def _options(
+        self, options: SchemeOptions | None, output_iterations: bool, adaptive_tolerance: float | None
+    ) -> SchemeOptions:
+        """The call's options: ``scheme_options`` with the shorthand arguments folded in, checked."""
+        options = SchemeOptions() if options is None else options
+        if not isinstance(options.slot_base, int) or options.slot_base < 0:
+            raise IIETError(f"slot_base={options.slot_base!r} must be an integer >= 0 (the call's first cache slot).")
+        changes = {}
+        if output_iterations and not options.output_iterations:
+            changes["output_iterations"] = True
+        if (adaptive_tolerance is not None or options.corrector is not None) and not self.scheme_config.accepts_tolerance:
+            accepting = ", ".join(sorted(name for name, cls in SCHEMES.items() if cls.accepts_tolerance))
+            raise IIETError(f"adaptive_tolerance and correctors apply to the {accepting} scheme only, not "
+                            f"{self.scheme_config.name!r}.")
+        if adaptive_tolerance is not None:
+            if not adaptive_tolerance >= 0:
+                raise IIETError(f"adaptive_tolerance={adaptive_tolerance!r} must be >= 0 (0 = run every correction).")
+            base = options.corrector if options.corrector is not None else self.scheme_config.corrector
+            changes["corrector"] = parse_corrector(base).with_tolerance(adaptive_tolerance)
+        if changes:
+            options = dataclasses.replace(options, **changes)
+        return options
 
     def forward(
         self,
@@ -115,6 +158,7 @@ class IIETModel(IIETPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_iterations: bool = False,
         adaptive_tolerance: float | None = None,
+        scheme_options: SchemeOptions | None = None,
         cache: Cache | None = None,
         **kwargs,
     ) -> IIETModelOutput:
@@ -122,6 +166,10 @@ class IIETModel(IIETPreTrainedModel):
         past_key_values = cache if past_key_values is None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        want_iterations = output_iterations or (scheme_options is not None and scheme_options.output_iterations)
+        options = self._options(scheme_options, want_iterations or bool(output_hidden_states), adaptive_tolerance)
+        default_slots = options.plan is None and options.slot_base == 0
+        slot_offsets = self.slot_offsets if default_slots else self.slot_offsets_for(options)
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.embedding_multiplier != 1.0:
             h = h * self.config.embedding_multiplier
@@ -132,8 +180,9 @@ class IIETModel(IIETPreTrainedModel):
         if not use_cache:
             past_key_values = None
         if isinstance(past_key_values, DynamicCache):
-            _ensure_slots(past_key_values, self.num_slots)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            _ensure_slots(past_key_values, self.num_slots if default_slots else self.num_slots_for(options))
+        # This call's own slots: a draft's (``slot_base > 0``) may hold fewer positions than the verifier's.
+        past = past_key_values.get_seq_length(slot_offsets[0]) if past_key_values is not None else 0
 
         if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] != past + T:
             raise ValueError(
@@ -149,28 +198,17 @@ class IIETModel(IIETPreTrainedModel):
         mask, is_causal = self._attention_mask(attention_mask, B, T, past, h.device)
         ctx = AttentionContext(cos, sin, mask, is_causal, past_key_values)
 
-        evaluate = BlockRunner(self.layers, self.slot_offsets, ctx)
-        trace = [] if (output_iterations or output_hidden_states) else None
-        tolerance = self.adaptive_tolerance if adaptive_tolerance is None else adaptive_tolerance
-        usage = None
-        if tolerance is not None:
-            if not isinstance(self.scheme, ImplicitEuler):
-                raise IIETError(f"adaptive_tolerance applies to the iiet scheme only, not {self.config.scheme['name']!r}.")
-            if not tolerance >= 0:
-                raise IIETError(f"adaptive_tolerance={tolerance!r} must be >= 0 (0 = run every correction).")
-            usage = []
-            h = self.scheme(h, evaluate, trace, tolerance=tolerance, usage=usage)
-        else:
-            h = self.scheme(h, evaluate, trace)
+        result = self.scheme(h, BlockRunner(self.layers, slot_offsets, ctx), options)
+        trace = result.iterations
         hidden_states = None
         if output_hidden_states:
             hidden_states = (trace[0][0], *(states[-1] for states in trace))
         return IIETModelOutput(
-            last_hidden_state=self.norm(h),
+            last_hidden_state=self.norm(result.hidden),
             past_key_values=past_key_values,
             hidden_states=hidden_states,
-            iterations=tuple(tuple(states) for states in trace) if output_iterations else None,
-            corrections=torch.stack(usage) if usage is not None else None,
+            iterations=tuple(tuple(states) for states in trace) if want_iterations else None,
+            corrections=result.corrections,
         )
 
     @staticmethod
@@ -219,6 +257,7 @@ class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         output_iterations: bool = False,
         adaptive_tolerance: float | None = None,
+        scheme_options: SchemeOptions | None = None,
         cache: Cache | None = None,
         logits_to_keep: int = 0,
         **kwargs,
@@ -233,6 +272,7 @@ class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             output_iterations=output_iterations,
             adaptive_tolerance=adaptive_tolerance,
+            scheme_options=scheme_options,
         )
         h = out.last_hidden_state
         if logits_to_keep:
