@@ -30,10 +30,9 @@ def history_flops_per_token(config: IIETConfig) -> int:
     Layer ``k`` combines ``k + 2`` entries (the embedding, ``k`` earlier layers, its own), plus one combination of
     the embedding alone for layer 0's input. Small next to the blocks (``O(L^2 d)`` vs ``O(L d^2)``).
     """
-    combinations = getattr(config.scheme_config, "history_combinations", None)
-    if combinations is None:
+    per_layer = config.scheme_config.history_combinations(config.num_hidden_layers)
+    if per_layer is None:
         return 0
-    per_layer = combinations(config.num_hidden_layers)
     return 2 * config.hidden_size * (1 + sum(c * (k + 2) for k, c in enumerate(per_layer)))
 
 
