@@ -51,7 +51,7 @@ def plot(
     runs: list[str],
     output: str = "loss_curves.png",
     labels: list[str] | None = None,
-    x_axis: Literal["tokens", "step"] = "tokens",
+    x_axis: Literal["tokens", "step", "time"] = "tokens",
 ) -> None:
     """Draw the training and validation loss of several runs side by side, from their metrics.jsonl.
 
@@ -59,7 +59,8 @@ def plot(
         runs: run directories (or metrics.jsonl files), e.g. ``--runs [runs/euler,runs/iiet]``.
         output: image file to write (PNG, PDF or SVG by its suffix).
         labels: legend names, one per run (default: the run directory names).
-        x_axis: "tokens" seen or optimizer "step".
+        x_axis: "tokens" seen, optimizer "step", or "time": the wall time each run spent training (from the
+            elapsed_s field of metrics.jsonl; seconds, minutes or hours by the longest run).
     """
     print(f"wrote {plot_loss_curves(runs, output, labels, x_axis)}")
 

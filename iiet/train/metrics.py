@@ -2,10 +2,14 @@
 
 Records::
 
-    {"step": 100, "tokens": 819200, "loss": 5.21, "lr": 0.0003, "grad_norm": 0.8, "tokens_per_s": 3100.0, ...}
-    {"step": 100, "tokens": 819200, "val_loss": 5.30, "val_ppl": 200.3}
+    {"step": 100, "tokens": 819200, "wall_time": 1764633600.0, "elapsed_s": 812.4,
+     "loss": 5.21, "lr": 0.0003, "grad_norm": 0.8, "tokens_per_s": 3100.0, ...}
+    {"step": 100, "tokens": 819200, "wall_time": 1764633604.2, "elapsed_s": 816.6, "val_loss": 5.30, "val_ppl": 200.3}
 
 ``loss`` (and any other training metric) is the mean over the optimizer steps since the previous record.
+``wall_time`` is the Unix time the record was written (TensorBoard's wall time); ``elapsed_s`` the seconds this run
+has spent training so far, evaluations and checkpoints included, summed over resumed sessions (the time between a
+kill and its resume is not counted), which is what ``iiet plot --x_axis time`` draws.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+# Record fields that are coordinates (x axes), not metrics: not written as TensorBoard scalars.
+COORDINATES = ("step", "tokens", "wall_time", "elapsed_s")
 
 
 class MetricsLogger:
     """Appends records to ``<output_dir>/metrics.jsonl`` and, when tensorboard is installed, to ``tensorboard/``.
 
     On resume from step ``resume_step``, records written after that step (by the interrupted run) are dropped first,
-    so the file always describes one consistent trajectory.
+    so the file always describes one consistent trajectory; TensorBoard drops the same ones (events after
+    ``resume_step``) and keeps the checkpoint step's own.
     """
 
     def __init__(self, output_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True):
@@ -41,7 +48,9 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resume_step)
+                # purge_step discards events at steps >= it: the checkpoint step's records belong to the trajectory.
+                purge_step = None if resume_step is None else resume_step + 1
+                self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=purge_step)
             except ImportError:  # tensorboard is optional; metrics.jsonl has everything
                 self.writer = None
 
@@ -49,9 +58,10 @@ class MetricsLogger:
         self.file.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for name, value in record.items():
-                if name not in ("step", "tokens") and isinstance(value, (int, float)) and math.isfinite(value):
+                if name not in COORDINATES and isinstance(value, (int, float)) and math.isfinite(value):
                     group = "val" if name.startswith("val_") else "train"
-                    self.writer.add_scalar(f"{group}/{name.removeprefix('val_')}", value, record["step"])
+                    self.writer.add_scalar(f"{group}/{name.removeprefix('val_')}", value, record["step"],
+                                           walltime=record.get("wall_time"))
 
     def close(self) -> None:
         self.file.close()

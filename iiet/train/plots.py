@@ -10,35 +10,58 @@ from iiet.plotting import pyplot, save_figure
 from iiet.train.metrics import METRICS_FILE, read_metrics
 
 FEW_POINTS = 30  # curves with fewer points get markers: a lone point is invisible as a line
+SECONDS_PER = {"s": 1.0, "min": 60.0, "h": 3600.0}
+# Wall-time axis unit: the largest in which the longest run spans at least this many units.
+_MIN_SPAN_UNITS = 2.0
+XAxis = Literal["tokens", "step", "time"]
+X_LABELS = {"tokens": "tokens", "step": "optimizer step"}
+
+
+def _time_unit(longest_seconds: float) -> str:
+    fitting = [u for u, seconds in SECONDS_PER.items() if longest_seconds >= _MIN_SPAN_UNITS * seconds]
+    return fitting[-1] if fitting else "s"
 
 
 def plot_loss_curves(
     runs: list[str],
     output: str = "loss_curves.png",
     labels: list[str] | None = None,
-    x_axis: Literal["tokens", "step"] = "tokens",
+    x_axis: XAxis = "tokens",
 ) -> Path:
-    """Training (left) and validation (right) loss of ``runs`` (run directories or metrics.jsonl files)."""
+    """Training (left) and validation (right) loss of ``runs`` (run directories or metrics.jsonl files).
+
+    ``x_axis``: tokens seen, optimizer step, or ``time``: the wall time each run has spent training (``elapsed_s``
+    of metrics.jsonl; resumed runs count only their sessions), in seconds, minutes or hours by the longest run.
+    """
     if labels is not None and len(labels) != len(runs):
         raise IIETError(f"got {len(labels)} labels for {len(runs)} runs; give one label per run or none.")
     metrics_files = [Path(run) / METRICS_FILE if Path(run).is_dir() else Path(run) for run in runs]
     for metrics_file in metrics_files:
         if not metrics_file.is_file():
             raise IIETError(f"{metrics_file} does not exist; give run directories that hold a {METRICS_FILE}.")
+    all_records = [read_metrics(metrics_file) for metrics_file in metrics_files]
+    coordinate, scale, x_label = x_axis, 1.0, X_LABELS.get(x_axis)
+    if x_axis == "time":
+        coordinate = "elapsed_s"
+        for metrics_file, records in zip(metrics_files, all_records):
+            if not any(coordinate in r for r in records):
+                raise IIETError(f"{metrics_file} has no wall-clock field ({coordinate}; written by an older iiet); "
+                                "plot it with --x_axis tokens or step.")
+        unit = _time_unit(max(r.get(coordinate, 0.0) for records in all_records for r in records))
+        scale, x_label = 1.0 / SECONDS_PER[unit], f"wall time spent training ({unit})"
     plt = pyplot()
     figure, (train_axis, val_axis) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for i, metrics_file in enumerate(metrics_files):
-        records = read_metrics(metrics_file)
+    for i, (metrics_file, records) in enumerate(zip(metrics_files, all_records)):
         label = labels[i] if labels else metrics_file.parent.name
         for axis, key in ((train_axis, "loss"), (val_axis, "val_loss")):
-            points = [(r[x_axis], r[key]) for r in records if key in r]
+            points = [(r[coordinate] * scale, r[key]) for r in records if key in r and coordinate in r]
             if points:
                 xs, ys = zip(*points)
                 few = key == "val_loss" or len(points) < FEW_POINTS
                 axis.plot(xs, ys, label=label, color=f"C{i}", marker="o" if few else None, markersize=3)
     for axis, title in ((train_axis, "training loss"), (val_axis, "validation loss")):
         axis.set_title(title)
-        axis.set_xlabel(x_axis)
+        axis.set_xlabel(x_label)
         axis.grid(alpha=0.3)
         axis.legend()
     train_axis.set_ylabel("cross-entropy (nats/token)")

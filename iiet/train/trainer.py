@@ -141,6 +141,8 @@ class Trainer:
         self.scheduler = self.build_scheduler()
         self.data_order = DataOrder(len(self.train_data), run.seed)
         self.step, self.tokens_seen = 0, 0
+        self.elapsed_before = 0.0  # seconds spent in fit() by earlier sessions (and earlier calls) of this run
+        self._fit_started: float | None = None
         if resume_from is not None:
             self.load_checkpoint(resume_from, checkpoint_state)
 
@@ -308,6 +310,7 @@ class Trainer:
         run = self.config.run
         stop_at = min(self.total_steps, until_step if until_step is not None else self.total_steps)
         started, steps_this_session = time.perf_counter(), 0
+        self._fit_started = started
         window: dict[str, torch.Tensor] = {}
         window_steps, window_seconds = 0, 0.0  # training time only: evaluations and checkpoints excluded
         summary: dict[str, Any] = {}
@@ -353,14 +356,21 @@ class Trainer:
                 summary.update(self.evaluate())
             if steps_this_session or not (self.output_dir / FINAL_DIR).exists():
                 self.export()
+        self.elapsed_before, self._fit_started = self.elapsed_seconds(), None
         summary.update(step=self.step, tokens=self.tokens_seen, output_dir=str(self.output_dir))
         if self.step == self.total_steps:
             summary["final"] = str(self.output_dir / FINAL_DIR)
         return summary
 
+    def elapsed_seconds(self) -> float:
+        """Wall time this run has spent in ``fit()``, over all its sessions (what a checkpoint carries on)."""
+        running = time.perf_counter() - self._fit_started if self._fit_started is not None else 0.0
+        return self.elapsed_before + running
+
     def log(self, record: dict[str, Any]) -> None:
         if self.logger is not None and record:
-            self.logger.log({"step": self.step, "tokens": self.tokens_seen, **record})
+            self.logger.log({"step": self.step, "tokens": self.tokens_seen, "wall_time": round(time.time(), 3),
+                             "elapsed_s": round(self.elapsed_seconds(), 3), **record})
 
     def close(self) -> None:
         if self.logger is not None:
@@ -374,6 +384,7 @@ class Trainer:
         return {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
+            "elapsed_seconds": self.elapsed_seconds(),
             "data_order": self.data_order.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "model_config": self.model_config.to_dict(),
@@ -393,6 +404,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.data_order.load_state_dict(state["data_order"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        # Checkpoints from before wall time was recorded: this run's clock starts at the resume.
+        self.elapsed_before = state.get("elapsed_seconds", 0.0)
         if self.dist.is_main:
             print(f"resumed from {path} (step {self.step}, {self.tokens_seen:,} tokens)")
 
