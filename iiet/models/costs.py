@@ -46,6 +46,17 @@ def flops_per_token(config: IIETConfig, context: int) -> int:
     )
 
 
+def training_flops_per_token(config: IIETConfig, seq_len: int) -> int:
+    """Matmul FLOPs of one training token (forward + backward) at sequence length ``seq_len``.
+
+    Backward computes two matmuls per forward matmul (the gradients of its input and of its weight), so a training
+    token costs three forward passes; attention is counted dense over the ``seq_len`` keys, as the forward formula
+    does (tests/test_costs.py checks both against torch's FLOP counter). This is the x axis on which a multi-pass
+    model and a Transformer++ trained on more tokens are compared at equal compute (docs/results.md).
+    """
+    return 3 * flops_per_token(config, context=seq_len)
+
+
 def kv_cache_bytes_per_token(config: IIETConfig, dtype: torch.dtype = torch.bfloat16) -> int:
     """Bytes of KV cache one token occupies: one slot per block evaluation."""
     itemsize = torch.empty((), dtype=dtype).element_size()
