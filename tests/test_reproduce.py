@@ -50,3 +50,40 @@ def test_reproduce_runs_every_step_and_resumes(tmp_path):
 def test_unknown_arm_is_a_clear_error(tmp_path):
     with pytest.raises(IIETError, match="unknown arm"):
         reproduce(output_dir=str(tmp_path), arms=["resnet"])
+
+
+def test_compute_matched_arms_results_json_and_held_out_corpora(tmp_path):
+    """Transformer++ at IIET r=3's training FLOPs trains on proportionally more tokens; the deep one has its
+    inference FLOPs; results.json records every run's costs; held-out corpora are scored per document."""
+    from iiet.study.compute import RESULTS_FILE
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"Document {i}. " + TEXT}) + "\n" for i in range(300)))
+    other_domain = tmp_path / "other"
+    other_domain.mkdir()
+    for i in range(3):
+        (other_domain / f"doc{i}.txt").write_text(f"def function_{i}(x):\n    return x * {i} + 1\n" * 8)
+    config = StudyConfig(
+        output_dir=str(tmp_path / "study"), preset="tiny", sources=[str(corpus)], tokenizer_vocab_size=300,
+        seq_len=32, train_tokens=1024, batch_tokens=256, micro_batch_size=8, seeds=1,
+        arms=["transformer++", "iiet-r3"], compute_matched=True, eval_corpora=[str(other_domain)],
+        influence_segments=4, distill_fraction=0.25, bench=False, device="cpu", explicit_first_layer=True,
+    )
+    report = run_study(config).read_text()
+    results = json.loads((tmp_path / "study" / RESULTS_FILE).read_text())
+    runs = {row["run"]: row for row in results["runs"]}
+    iiet, euler = runs["iiet-r3-s0"], runs["transformer++-s0"]
+    flops, deep = runs["transformer++-flops-s0"], runs["transformer++-deep-s0"]
+    assert iiet["block_evaluations"] == 13 and euler["block_evaluations"] == 4
+    assert euler["tokens"] == iiet["tokens"] == 1024
+    # Equal training FLOPs, up to one optimizer step of tokens.
+    assert abs(flops["training_flops"] - iiet["training_flops"]) <= 256 * flops["training_flops_per_token"]
+    assert flops["tokens"] > 2 * euler["tokens"]
+    # The deeper Transformer++ is as close to IIET's inference FLOPs as a whole number of layers gets.
+    per_layer = (deep["inference_flops_per_token"] - euler["inference_flops_per_token"]) / (deep["num_hidden_layers"] - 4)
+    assert abs(deep["inference_flops_per_token"] - iiet["inference_flops_per_token"]) <= per_layer / 2
+    assert all(row["val_curve"] for row in runs.values())
+    assert (tmp_path / "study" / "figures" / "loss_vs_training_flops.png").is_file()
+    assert "Equal compute" in report and "at equal training FLOPs" in report
+    scores = json.loads((tmp_path / "study" / "study.json").read_text())["eval"]["iiet-r3-s0"]["corpora"]
+    assert scores[str(other_domain)]["documents"] == 3

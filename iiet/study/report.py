@@ -9,11 +9,20 @@ from pathlib import Path
 
 from iiet.eval.report import markdown_table
 from iiet.plotting import pyplot, save_figure
-from iiet.study.study import ARMS, LABELS, MULTI_SEED_ARMS, Study, machine, mean_spread
+from iiet.study.compute import write_results
+from iiet.study.study import ARMS, COMPUTE_MATCHED, COMPUTE_REFERENCE, LABELS, MULTI_SEED_ARMS, Study, machine, mean_spread
 from iiet.train.plots import plot_loss_curves
 
 R_SWEEP = ("dlcl", "iiet-r1", "iiet-r2", "iiet-r3")  # r = 0 .. 3 (Table 5, Figure 2)
 IIAD_ROWS = ("distil-pcformer", "lower-bound", "e-iiet")
+
+
+def _label(arm: str) -> str:
+    return LABELS.get(arm) or COMPUTE_MATCHED.get(arm) or arm
+
+
+def _arm_of(run: str) -> str:
+    return run.rsplit("-s", 1)[0] if run.rsplit("-s", 1)[-1].isdigit() else run
 
 
 def _runs_of(study: Study, arm: str) -> list[str]:
@@ -35,7 +44,7 @@ def _perplexity_table(study: Study, arms: tuple[str, ...] | list[str]) -> str:
         runs = [study.state["eval"][k] for k in _runs_of(study, arm)]
         if not runs:
             continue
-        cells = [LABELS.get(arm, arm), _fmt([r["val"]["perplexity"] for r in runs if r.get("val")], 2)]
+        cells = [_label(arm), _fmt([r["val"]["perplexity"] for r in runs if r.get("val")], 2)]
         for text in texts:
             ppl = [r["texts"][text]["token_perplexity"] for r in runs if text in r.get("texts", {})]
             bpb = [r["texts"][text]["bits_per_byte"] for r in runs if text in r.get("texts", {})]
@@ -50,8 +59,8 @@ def _zero_shot_table(study: Study, arms) -> str:
         for key in _runs_of(study, arm):
             zero_shot = study.state["eval"][key].get("zero_shot")
             if zero_shot:
-                results[f"{LABELS.get(arm, arm)} ({key.rsplit('-', 1)[-1]})" if arm in MULTI_SEED_ARMS else
-                        LABELS.get(arm, arm)] = {"results": zero_shot}
+                results[f"{_label(arm)} ({key.rsplit('-', 1)[-1]})" if arm in MULTI_SEED_ARMS else
+                        _label(arm)] = {"results": zero_shot}
     return markdown_table(results) if results else "_zero-shot suite not run (no eval_data_dir)_\n"
 
 
@@ -86,6 +95,49 @@ def _figure_r_sweep(study: Study, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def _corpora_table(study: Study, arms) -> str:
+    """Bits per byte on the held-out corpora: pooled, and median [q1, q3] over documents."""
+    corpora = list(study.config.eval_corpora)
+    if not corpora:
+        return "_no held-out corpora (eval_corpora)_\n"
+    headers = ["Model"] + [f"{Path(corpus).name or corpus}: bpb (median [q1, q3] over documents)" for corpus in corpora]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * len(corpora)) + "|"]
+    for arm in arms:
+        runs = [study.state["eval"][k] for k in _runs_of(study, arm)]
+        cells = [_label(arm)]
+        for corpus in corpora:
+            scores = [r["corpora"][corpus] for r in runs if corpus in r.get("corpora", {})]
+            cells.append(f"{_fmt([x['bits_per_byte'] for x in scores])} ({_fmt([x['median'] for x in scores])} "
+                         f"[{_fmt([x['q1'] for x in scores])}, {_fmt([x['q3'] for x in scores])}], "
+                         f"{scores[0]['documents'] if scores else 0} docs)" if scores else "–")
+        if any(cell != "–" for cell in cells[1:]):
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _final_losses(rows: list[dict], arm: str) -> list[float]:
+    return [row["val_loss"] for row in rows if _arm_of(row["run"]) == arm and row["finished"] and row["val_loss"]]
+
+
+def compute_verdict(rows: list[dict]) -> str:
+    """The equal-compute reading, generated from the finished runs' final validation losses."""
+    reference = _final_losses(rows, COMPUTE_REFERENCE)
+    if not reference:
+        return f"_{_label(COMPUTE_REFERENCE)} has not finished: no equal-compute verdict yet._"
+    ref = statistics.mean(reference)
+    sentences = []
+    for arm, what in (("transformer++", "at equal tokens"), ("transformer++-flops", "at equal training FLOPs"),
+                      ("transformer++-deep", "at equal inference FLOPs per token (and equal training FLOPs)")):
+        losses = _final_losses(rows, arm)
+        if not losses:
+            continue
+        other = statistics.mean(losses)
+        better = "beats" if ref < other else "loses to"
+        sentences.append(f"{what}, {_label(COMPUTE_REFERENCE)} ({ref:.3f}, n={len(reference)}) {better} "
+                         f"{_label(arm)} ({other:.3f}, n={len(losses)}) by {abs(other - ref):.3f} nats/token")
+    return ("Final validation loss: " + "; ".join(sentences) + ".") if sentences else "_no comparison arm finished yet._"
+
+
 def write_report(study: Study) -> Path:
     figures = study.root / "figures"
     figures.mkdir(exist_ok=True)
@@ -117,14 +169,14 @@ def write_report(study: Study) -> Path:
         + (f", model overrides `{s.model_overrides}`" if s.model_overrides else "")
         + (", IIET arms with an explicit first layer (plan `[0, r, ..., r]`)" if s.explicit_first_layer else "")
         + "; seeds: "
-        f"{s.seeds} for {', '.join(LABELS[a] for a in MULTI_SEED_ARMS)}, 1 for the others. Distillation: "
+        f"{s.seeds} for {', '.join(_label(a) for a in MULTI_SEED_ARMS)}, 1 for the others. Distillation: "
         f"{s.distill_fraction:.2f} x the pretraining tokens. Values with ± are mean ± half the spread over seeds.",
         "",
         "Wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in state.get("wall_s", {}).items()),
         "",
         "## Pretraining: perplexity (Figure 2 / Table 1 columns)",
         "",
-        _perplexity_table(study, [a for a in ARMS if a in s.arms]),
+        _perplexity_table(study, [a for a in ARMS if a in s.arms] + (list(COMPUTE_MATCHED) if s.compute_matched else [])),
         "## Pretraining: zero-shot suite (Table 1 shape)" + (f", {s.eval_limit} documents per task" if s.eval_limit else ""),
         "",
         _zero_shot_table(study, [a for a in ARMS if a in s.arms]),
@@ -144,6 +196,17 @@ def write_report(study: Study) -> Path:
         lines += ["![iteration influence](figures/iteration_influence.png)", ""]
     if (figures / "block_influence.png").is_file():
         lines += ["![block influence](figures/block_influence.png)", ""]
+    labels = {run.name: _label(_arm_of(run.name)) + (f" (seed {run.name.rsplit('-s', 1)[1]})" if _arm_of(run.name) != run.name else "")
+              for run in runs}
+    rows, compute_figure = write_results(study.root, study.data_dir, s.seq_len, state.get("eval", {}), labels)
+    lines += ["## Equal compute: validation loss against training FLOPs", "",
+              "Training FLOPs are forward + backward matmul FLOPs (`iiet.models.costs.training_flops_per_token`), "
+              "per run in `results.json` (tokens, training FLOPs, block evaluations, parameters, losses).", "",
+              compute_verdict(rows), ""]
+    if compute_figure:
+        lines += ["![validation loss against training FLOPs](figures/loss_vs_training_flops.png)", ""]
+    lines += ["## Held-out corpora (other domains), per document", "",
+              _corpora_table(study, [a for a in ARMS if a in s.arms] + list(COMPUTE_MATCHED) + list(IIAD_ROWS))]
     lines += ["## Inference (Table 3 shape)", "", _bench_table(study), "## Loss curves", "",
               "![loss curves](figures/loss_curves.png)" if runs else "_no runs_", ""]
     path = study.root / "results.md"

@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from iiet.bench.commands import render, run_benchmark
 from iiet.eval.harness import evaluate
@@ -32,11 +31,13 @@ from iiet.iiad.influence import Influence
 from iiet.iiad.measure import INFLUENCE_FILE, measure_influence
 from iiet.iiad.plan import make_plan
 from iiet.models.presets import PRESETS, explicit_first_layer
+from iiet.study.compute import matched_depth, matched_tokens
+from iiet.study.heldout import document_bits_per_byte, text_perplexity
 from iiet.study.report import write_report
-from iiet.study.study import ARMS, MULTI_SEED_ARMS, Study, StudyConfig
+from iiet.study.study import ARMS, COMPUTE_MATCHED, COMPUTE_REFERENCE, MULTI_SEED_ARMS, Study, StudyConfig
 from iiet.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from iiet.train.metrics import read_metrics
-from iiet.train.trainer import run_training
+from iiet.train.trainer import build_model_config, run_training
 
 PLAN_RULES = ("e-iiet", "lower-bound")
 BENCH_RUNS = ("transformer++-s0", "pcformer-s0", "iiet-r3-s0", "e-iiet", "lower-bound")
@@ -44,30 +45,6 @@ BENCH_RUNS = ("transformer++-s0", "pcformer-s0", "iiet-r3-s0", "e-iiet", "lower-
 
 def _done(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
-def text_perplexity(
-    model_dir: str | Path, text_file: str | Path, seq_len: int, device: str = "cpu", batch_size: int = 16
-) -> dict[str, float]:
-    """Token perplexity and bits per byte of a whole text file, in non-overlapping windows of ``seq_len`` tokens.
-
-    Bits per byte (total nats / ln 2 / UTF-8 bytes) is comparable across tokenizers; token perplexity only within one.
-    """
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    text = Path(text_file).read_text(encoding="utf-8")
-    ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
-    usable = (len(ids) - 1) // seq_len * seq_len  # whole windows; each predicts seq_len tokens
-    inputs = ids[:usable].view(-1, seq_len)
-    targets = ids[1 : usable + 1].view(-1, seq_len)
-    nll = 0.0
-    with torch.no_grad():
-        for x, y in zip(inputs.split(batch_size), targets.split(batch_size)):
-            logits = model(x.to(device), use_cache=False).logits.float()
-            nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten().to(device), reduction="sum").item()
-    count = targets.numel()
-    scored_bytes = len(tokenizer.decode(ids[1 : usable + 1]).encode("utf-8"))
-    return {"tokens": count, "token_perplexity": math.exp(nll / count), "bits_per_byte": nll / math.log(2) / scored_bytes}
 
 
 def reproduce(**settings) -> Path:
@@ -110,8 +87,11 @@ def _cadence(steps: int, evals: int, checkpoints: int, logs: int) -> dict[str, i
 
 
 def train_config(study: Study, arm: str, seed: int) -> TrainConfig:
-    """The pretraining run of ``arm`` with ``seed`` (the same data, order and length for every arm)."""
+    """The pretraining run of ``arm`` with ``seed`` (the same data, order and length for every arm; the
+    compute-matched Transformer++ runs take their tokens or depth from ``COMPUTE_REFERENCE``)."""
     c = study.config
+    if arm in COMPUTE_MATCHED:
+        return _compute_matched_config(study, arm, seed)
     scheme = ARMS[arm]
     scheme = {**scheme, "history": c.history} if scheme["name"] in ("dlcl", "iiet", "pcformer") else scheme
     if c.explicit_first_layer:
@@ -128,10 +108,35 @@ def train_config(study: Study, arm: str, seed: int) -> TrainConfig:
     )
 
 
+def _compute_matched_config(study: Study, arm: str, seed: int) -> TrainConfig:
+    """Transformer++ at the reference arm's training FLOPs (``-flops``: more tokens) or inference FLOPs (``-deep``)."""
+    c = study.config
+    base = train_config(study, "transformer++", seed)
+    reference = train_config(study, COMPUTE_REFERENCE, seed)
+    meta = json.loads((study.data_dir / "meta.json").read_text())
+    ref_config = build_model_config(reference.model.preset, reference.model.scheme, meta["vocab_size"],
+                                    dict(reference.model.overrides), meta)
+    if arm == "transformer++-flops":
+        euler = build_model_config(base.model.preset, base.model.scheme, meta["vocab_size"], dict(base.model.overrides), meta)
+        steps = max(1, matched_tokens(ref_config, euler, c.train_tokens, c.seq_len) // c.batch_tokens)
+        base.optim.max_steps = steps
+        for key, value in _cadence(steps, 10, 5, 50).items():
+            setattr(base.run, key, value)
+    else:
+        layers = matched_depth(ref_config, c.preset, c.seq_len, meta["vocab_size"])
+        base.model.overrides = {**base.model.overrides, "num_hidden_layers": layers}
+    base.run.output_dir = str(study.run_dir(f"{arm}-s{seed}"))
+    return base
+
+
 def _pretrain(study: Study, seeds: int) -> dict[str, list[Path]]:
-    """Train (or find) seeds ``0 .. seeds-1`` of the multi-seed arms and seed 0 of the others."""
+    """Train (or find) seeds ``0 .. seeds-1`` of the multi-seed arms and seed 0 of the others; the
+    compute-matched Transformer++ runs (``compute_matched``) right after the reference arm."""
     trained: dict[str, list[Path]] = {}
-    for arm in study.config.arms:
+    arms = list(study.config.arms)
+    if study.config.compute_matched:
+        arms += [arm for arm in COMPUTE_MATCHED if arm not in arms]
+    for arm in arms:
         for seed in range(seeds) if arm in MULTI_SEED_ARMS else range(1):
             config = train_config(study, arm, seed)
             final = Path(config.run.output_dir) / "final"
@@ -159,6 +164,10 @@ def _evaluate_one(study: Study, key: str, final: Path) -> None:
     for text in c.eval_texts:
         if text not in entry.setdefault("texts", {}):
             entry["texts"][text] = text_perplexity(final, text, c.seq_len, _device(c.device))
+    for corpus in c.eval_corpora:
+        if corpus not in entry.setdefault("corpora", {}):
+            entry["corpora"][corpus] = document_bits_per_byte(final, corpus, c.seq_len, max_documents=c.eval_documents,
+                                                              device=_device(c.device))
     if c.eval_data_dir and "zero_shot" not in entry:
         out = evaluate([str(final)], tasks=c.eval_tasks, data_dir=c.eval_data_dir, limit=c.eval_limit,
                        device=_device(c.device), output_dir=study.root / "eval" / key)

@@ -34,7 +34,13 @@ LABELS = {
     "iiet-r1": "IIET r=1", "iiet-r2": "IIET r=2", "iiet-r3": "IIET r=3", "e-iiet": "E-IIET (IIAD)",
     "lower-bound": "Lower Bound (IIAD)", "distil-pcformer": "Distil PCformer",
 }
-MULTI_SEED_ARMS = ("transformer++", "iiet-r3")
+MULTI_SEED_ARMS = ("transformer++", "iiet-r3", "transformer++-flops")
+# Transformer++ at the compute of COMPUTE_REFERENCE (StudyConfig.compute_matched; iiet.study.compute).
+COMPUTE_REFERENCE = "iiet-r3"
+COMPUTE_MATCHED = {
+    "transformer++-flops": "Transformer++ at IIET r=3's training FLOPs (more tokens)",
+    "transformer++-deep": "Transformer++, deeper: IIET r=3's inference FLOPs per token",
+}
 ZERO_SHOT_TASKS = ("lambada", "piqa", "hellaswag", "sciq", "arc_challenge", "winogrande")
 
 
@@ -63,7 +69,14 @@ class StudyConfig:
         explicit_first_layer: the IIET arms keep layer 0 explicit (iteration plan ``[0, r, ..., r]``). At small
             token budgets the corrections of the first layer, whose input is the small token embedding, hold IIET
             at the unigram plateau; without them it learns from the start (docs/training.md, "The slow start of IIET").
+        compute_matched: also train Transformer++ at IIET r=3's compute: on as many training FLOPs (more tokens,
+            ``transformer++-flops``) and, deeper, with its inference FLOPs per token (``transformer++-deep``, same
+            tokens); see ``iiet.study.compute``. The report then plots validation loss against training FLOPs.
         eval_texts: raw text files to report perplexity and bits per byte on (e.g. WikiText-2 valid.raw, test.raw).
+        eval_corpora: held-out corpora scored document by document (bits per byte, median and quartiles over
+            documents), as sources ``iiet data-prepare`` takes: ``builtin`` (Python source: another domain), a
+            file, directory or glob; never the training corpus.
+        eval_documents: documents scored per held-out corpus (the first ones, each cut to 2048 tokens).
         eval_data_dir: directory of the zero-shot benchmark files (see docs/evaluation.md); none skips zero-shot.
         eval_tasks: zero-shot tasks to run through lm-eval.
         eval_limit: documents per zero-shot task (null = all).
@@ -92,7 +105,10 @@ class StudyConfig:
     history: Literal["residual", "normalized"] = "residual"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     explicit_first_layer: bool = False
+    compute_matched: bool = False
     eval_texts: list[str] = field(default_factory=list)
+    eval_corpora: list[str] = field(default_factory=list)
+    eval_documents: int = 200
     eval_data_dir: str | None = None
     eval_tasks: list[str] = field(default_factory=lambda: list(ZERO_SHOT_TASKS))
     eval_limit: int | None = 100

@@ -1,0 +1,124 @@
+"""Compute accounting of a study: what every run cost to train, the compute-matched budgets, ``results.json`` and
+the figure of validation loss against training FLOPs.
+
+A multi-pass model (IIET r=3: 13 block evaluations per token at ``cpu-small`` with the first layer explicit, against
+Transformer++'s 4) costs more per token, so "better at equal tokens" is not "better at equal compute". Two
+Transformer++ arms answer the second question (``StudyConfig.compute_matched``):
+
+* *training-FLOPs matched*: the same Transformer++ trained on more tokens, ``tokens x F_ref / F_euler`` with ``F`` the
+  training FLOPs per token (``iiet.models.costs.training_flops_per_token``, the LM head included);
+* *inference-FLOPs matched*: a deeper Transformer++ whose forward FLOPs per token are closest to the reference's,
+  trained on the same tokens (so its training FLOPs match too; it has more parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from iiet.models.costs import flops_per_token, parameter_count, training_flops_per_token
+from iiet.models.presets import build_config
+from iiet.plotting import pyplot, save_figure
+from iiet.train.metrics import read_metrics
+from iiet.train.trainer import CONFIG_FILE, FINAL_DIR, build_model_config
+
+RESULTS_FILE = "results.json"
+
+
+def matched_tokens(reference, config, tokens: int, seq_len: int) -> int:
+    """Tokens for ``config`` to spend the training FLOPs that ``reference`` spends on ``tokens`` tokens."""
+    ratio = training_flops_per_token(reference, seq_len) / training_flops_per_token(config, seq_len)
+    return int(round(tokens * ratio))
+
+
+def matched_depth(reference, preset: str, seq_len: int, vocab_size: int) -> int:
+    """Layers of a Transformer++ of ``preset``'s width whose forward FLOPs per token are closest to ``reference``'s."""
+    target = flops_per_token(reference, seq_len)
+
+    def distance(layers: int) -> float:
+        config = build_config(preset, {"name": "euler"}, vocab_size=vocab_size, num_hidden_layers=layers)
+        return abs(flops_per_token(config, seq_len) - target)
+
+    return min(range(1, 8 * reference.num_hidden_layers + 1), key=distance)
+
+
+def run_model_config(run_dir: Path, meta: dict[str, Any]):
+    """The model config of a run: its export if finished, else rebuilt from its ``train_config.yaml``."""
+    final = run_dir / FINAL_DIR / "config.json"
+    if final.is_file():
+        from iiet.models.configuration_iiet import IIETConfig
+
+        return IIETConfig.from_pretrained(final.parent)
+    model = yaml.safe_load((run_dir / CONFIG_FILE).read_text())["model"]
+    return build_model_config(model["preset"], model["scheme"], meta["vocab_size"], dict(model["overrides"]), meta)
+
+
+def run_record(run_dir: Path, meta: dict[str, Any], seq_len: int) -> dict[str, Any] | None:
+    """Tokens, training FLOPs, block evaluations and the validation curve of one run (``None`` before any log)."""
+    if not (run_dir / "metrics.jsonl").is_file() or not (run_dir / CONFIG_FILE).is_file():
+        return None
+    config = run_model_config(run_dir, meta)
+    per_token = training_flops_per_token(config, seq_len)
+    records = read_metrics(run_dir)
+    curve = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r and "tokens" in r]
+    tokens = max((r.get("tokens", 0) for r in records), default=0)
+    return {
+        "run": run_dir.name,
+        "finished": (run_dir / FINAL_DIR / "config.json").is_file(),
+        "parameters": parameter_count(config),
+        "block_evaluations": config.num_block_evaluations,
+        "num_hidden_layers": config.num_hidden_layers,
+        "scheme": config.scheme,
+        "training_flops_per_token": per_token,
+        "inference_flops_per_token": flops_per_token(config, seq_len),
+        "tokens": tokens,
+        "training_flops": per_token * tokens,
+        "val_loss": curve[-1][1] if curve else None,
+        "val_perplexity": math.exp(curve[-1][1]) if curve else None,
+        "val_curve": [{"tokens": t, "training_flops": per_token * t, "val_loss": v} for t, v in curve],
+    }
+
+
+def write_results(root: Path, data_dir: Path, seq_len: int, evaluations: dict[str, Any], labels: dict[str, str]):
+    """``results.json``: one row per run (costs, curve, every evaluation the study recorded) and the figure."""
+    meta = json.loads((data_dir / "meta.json").read_text())
+    rows = []
+    for run_dir in sorted(p for p in (root / "runs").glob("*") if p.is_dir()):
+        record = run_record(run_dir, meta, seq_len)
+        if record is None:
+            continue
+        record["label"] = labels.get(run_dir.name, run_dir.name)
+        record["evaluation"] = evaluations.get(run_dir.name)
+        rows.append(record)
+    (root / RESULTS_FILE).write_text(json.dumps({"seq_len": seq_len, "runs": rows}, indent=2, default=str))
+    figure = plot_loss_vs_compute(rows, root / "figures" / "loss_vs_training_flops.png") if rows else None
+    return rows, figure
+
+
+def plot_loss_vs_compute(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Validation loss against training FLOPs (left, the equal-compute view) and against tokens (right)."""
+    rows = [row for row in rows if row["val_curve"]]
+    if not rows:
+        return None
+    plt = pyplot()
+    figure, (by_flops, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    colours = plt.get_cmap("tab20" if len(rows) > 10 else "tab10")
+    for i, row in enumerate(rows):
+        style = dict(color=colours(i), marker="o", markersize=3, label=f"{row['label']} ({row['block_evaluations']} evals)")
+        curve = row["val_curve"]
+        by_flops.plot([p["training_flops"] for p in curve], [p["val_loss"] for p in curve], **style)
+        by_tokens.plot([p["tokens"] for p in curve], [p["val_loss"] for p in curve], **style)
+    by_flops.set_xscale("log")
+    by_flops.set_xlabel("training FLOPs (forward + backward matmuls)")
+    by_flops.set_ylabel("validation loss (nats/token)")
+    by_flops.set_title("at equal compute")
+    by_tokens.set_xlabel("training tokens")
+    by_tokens.set_title("at equal tokens")
+    for axis in (by_flops, by_tokens):
+        axis.grid(alpha=0.3)
+    by_tokens.legend(fontsize=7, loc="upper right")
+    return save_figure(figure, path)
