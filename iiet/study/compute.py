@@ -46,6 +46,10 @@ def matched_depth(reference, preset: str, seq_len: int, vocab_size: int) -> int:
     return min(range(1, 8 * reference.num_hidden_layers + 1), key=distance)
 
 
+def _train_settings(run_dir: Path) -> dict[str, Any]:
+    return yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+
+
 def run_model_config(run_dir: Path, meta: dict[str, Any]):
     """The model config of a run: its export if finished, else rebuilt from its ``train_config.yaml``."""
     final = run_dir / FINAL_DIR / "config.json"
@@ -53,7 +57,7 @@ def run_model_config(run_dir: Path, meta: dict[str, Any]):
         from iiet.models.configuration_iiet import IIETConfig
 
         return IIETConfig.from_pretrained(final.parent)
-    model = yaml.safe_load((run_dir / CONFIG_FILE).read_text())["model"]
+    model = _train_settings(run_dir)["model"]
     return build_model_config(model["preset"], model["scheme"], meta["vocab_size"], dict(model["overrides"]), meta)
 
 
@@ -68,6 +72,8 @@ def run_record(run_dir: Path, meta: dict[str, Any], seq_len: int) -> dict[str, A
     tokens = max((r.get("tokens", 0) for r in records), default=0)
     return {
         "run": run_dir.name,
+        # A distilled student's cost includes its teacher's pretraining and forwards: not on the compute axis.
+        "distilled": "distill" in _train_settings(run_dir),
         "finished": (run_dir / FINAL_DIR / "config.json").is_file(),
         "parameters": parameter_count(config),
         "block_evaluations": config.num_block_evaluations,
@@ -100,8 +106,9 @@ def write_results(root: Path, data_dir: Path, seq_len: int, evaluations: dict[st
 
 
 def plot_loss_vs_compute(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """Validation loss against training FLOPs (left, the equal-compute view) and against tokens (right)."""
-    rows = [row for row in rows if row["val_curve"]]
+    """Validation loss against training FLOPs (left, the equal-compute view) and against tokens (right); distilled
+    students are left out (their compute is their teacher's plus their own)."""
+    rows = [row for row in rows if row["val_curve"] and not row["distilled"]]
     if not rows:
         return None
     plt = pyplot()
