@@ -7,6 +7,11 @@ without any cache, so a server that decoded with a wrong cache (or batched reque
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -215,6 +220,7 @@ BAD_REQUESTS = [
     ({"prompt": ""}, 400, "prompt must be a non-empty string"),
     ({"max_tokens": 3}, 400, "prompt must be a non-empty string"),
     ({"prompt": "hi", "generation_config": "{not json"}, 400, "generation_config must be a string holding a JSON"),
+    ({"prompt": "hi", "generation_config": '{"cache_implementation": "static"}'}, 400, "exact multi-slot cache"),
     ({"prompt": "hi", "frobnicate": 1}, 422, "Unexpected fields"),
     (b"[1, 2]", 400, "the request body must be a JSON object"),
 ]
@@ -287,3 +293,35 @@ def test_cli_rejects_bad_input_before_loading(tmp_path, capsys, monkeypatch):
             assert err.startswith("iiet: error: ") and message in err and err.count("\n") == 1, err
     finally:
         taken.close()
+
+
+@pytest.mark.slow
+def test_iiet_serve_command_answers_a_client(served, checkpoint, tmp_path):
+    """The command a user types, in its own process: it prints where it listens, answers, and stops on Ctrl+C."""
+    env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", "from iiet.cli import main; main()", "serve", "--model", checkpoint,
+               "--port", "0", "--device", "cpu"]
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl+C reaches it, as in a terminal
+        )
+    try:
+        line = process.stdout.readline()  # blocks until the server has bound, loaded and printed (or died)
+        match = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", line)
+        assert match, f"unexpected first line {line!r} (exit status {process.poll()})"
+        client = openai.OpenAI(base_url=match[1] + "/v1", api_key="unused", timeout=REQUEST_SECONDS, max_retries=0)
+        for _ in range(STARTUP_SECONDS * 10):  # uvicorn starts answering just after the line is printed
+            try:
+                answer = client.completions.create(model=checkpoint, prompt=PROMPTS[0], max_tokens=NEW_TOKENS)
+                break
+            except openai.APIConnectionError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the server never answered")
+        assert answer.choices[0].text == expected_completion(served, PROMPTS[0])
+    finally:
+        process.send_signal(signal.SIGINT)
+        status = process.wait(timeout=STARTUP_SECONDS)
+    assert status == 0 and process.stdout.read().strip() == "stopped"
+    assert "Traceback" not in (tmp_path / "stderr").read_text()

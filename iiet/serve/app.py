@@ -113,6 +113,12 @@ def check_fields(body: dict, served_name: str, length_fields: tuple[str, ...]) -
             config = None
         if not isinstance(config, dict):
             raise reject("generation_config must be a string holding a JSON object", "generation_config")
+        if config.get("cache_implementation") not in (None, "dynamic"):
+            # HF's static/sliding/offloaded caches hold one entry per layer, not one per block evaluation.
+            raise reject(
+                "generation_config.cache_implementation is the server's: it decodes with the exact multi-slot cache",
+                "generation_config",
+            )
 
 
 def completion_length(body: dict, length_fields: tuple[str, ...], prompt_tokens: int, context: int, default) -> int:

@@ -100,5 +100,8 @@ def serve(
     what = served.model.config.model_type
     if hasattr(served.model, "num_block_evaluations"):  # an iiet model (any AutoModelForCausalLM loads)
         what += f", {served.model.config.scheme['name']}, {served.model.num_block_evaluations()} block evaluations/token"
-    print(f"serving {model} ({what}, context {served.context_length}) at http://{host}:{port}/v1; Ctrl+C stops")
-    uvicorn.Server(uvicorn.Config(build_app(served), log_level=log_level)).run(sockets=[sock])
+    print(f"serving {model} ({what}, context {served.context_length}) at http://{host}:{port}/v1; Ctrl+C stops", flush=True)
+    try:
+        uvicorn.Server(uvicorn.Config(build_app(served), log_level=log_level)).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after a clean shutdown, for the caller to see
+        print("stopped", flush=True)
