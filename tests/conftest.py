@@ -1,16 +1,19 @@
-"""Shared fixtures: tiny configs for every scheme (CPU, fp32, seconds)."""
+"""Shared fixtures: tiny configs for every scheme, and a tiny English-like corpus (CPU, fp32, seconds).
+
+Nothing here reads outside the repository: a clean clone runs every non-GPU test.
+"""
 
 from __future__ import annotations
 
+import json
 import pathlib
+import random
 
 import pytest
 import torch
 
 import iiet  # noqa: F401  (registers the HF Auto classes)
 from iiet import IIETConfig, IIETForCausalLM
-
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 TINY = dict(
     vocab_size=101,
@@ -52,6 +55,49 @@ def tiny_model(scheme, seed: int = 0, perturb: bool = True, **overrides) -> IIET
             for p in model.model.scheme.parameters():
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+# A small grammar: subject (adjective) verb object (clause). Learnable structure for a tiny model, no download.
+_WORDS = {
+    "subject": "the river|a quiet town|the old bridge|people|the market|a small boat|the teacher|children|the city|"
+               "a farmer|the train|the museum|an engineer|the garden|birds".split("|"),
+    "adjective": "green|old|busy|cold|bright|narrow|famous|wooden|early|distant|empty|tall".split("|"),
+    "verb": "crosses|follows|opens|builds|watches|carries|reaches|visits|paints|remembers|finds|leaves".split("|"),
+    "object": "the water|a letter|the road|its history|the hills|a new school|the north gate|fresh bread|"
+              "the last light|a long wall|the harbour|two stones".split("|"),
+    "clause": "before the rain|in the morning|after the war|every summer|near the station|for many years|"
+              "without a sound|at the end of the day".split("|"),
+}
+
+
+def english_like_documents(count: int, seed: int = 0) -> list[str]:
+    """``count`` documents of 3-12 simple sentences each, drawn from ``_WORDS`` with a seeded generator."""
+    rng = random.Random(seed)
+
+    def sentence() -> str:
+        words = [rng.choice(_WORDS["subject"])]
+        if rng.random() < 0.4:
+            words.insert(0, "one day")
+        words.append(rng.choice(_WORDS["verb"]))
+        obj = rng.choice(_WORDS["object"])
+        if rng.random() < 0.5:
+            first, _, rest = obj.partition(" ")
+            obj = f"{first} {rng.choice(_WORDS['adjective'])} {rest}"
+        words.append(obj)
+        if rng.random() < 0.5:
+            words.append(rng.choice(_WORDS["clause"]))
+        text = " ".join(words)
+        return text[0].upper() + text[1:] + "."
+
+    return [" ".join(sentence() for _ in range(rng.randint(3, 12))) for _ in range(count)]
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> pathlib.Path:
+    """~100 KB of English-like text, one JSON document per line (``{"text": ...}``)."""
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in english_like_documents(250)))
+    return path
 
 
 @pytest.fixture(autouse=True, scope="session")

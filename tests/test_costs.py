@@ -1,4 +1,5 @@
-"""The model reports its own cost: the analytic FLOP formula against torch's FLOP counter, KV bytes per slot."""
+"""The model reports its own cost: the analytic FLOP formula against torch's FLOP counter, the KV bytes formula
+against the caches a forward fills."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from iiet.models.cache import SlotCache
 from iiet.models.costs import (
     flops_per_token,
     history_flops_per_token,
@@ -47,9 +49,13 @@ def test_training_flops_match_the_flop_counter_over_forward_and_backward(name):
     assert counter.get_total_flops() == expected
 
 
-def test_kv_cache_bytes_scale_with_block_evaluations():
-    euler = tiny_model("euler").config
-    for name, scheme in ALL_SCHEMES.items():
-        config = tiny_model(scheme).config
-        ratio = config.num_block_evaluations / config.num_hidden_layers
-        assert kv_cache_bytes_per_token(config) == ratio * kv_cache_bytes_per_token(euler), name
+def test_kv_bytes_formula_matches_the_caches_the_model_fills(scheme):
+    """The analytic bytes per token against what a forward actually stores: HF's DynamicCache (generate()'s) and
+    the SlotCache that ``iiet bench`` pre-allocates."""
+    model = tiny_model(scheme)
+    T = 5
+    with torch.no_grad():
+        cache = model(torch.randint(1, 100, (1, T)), use_cache=True).past_key_values
+    stored = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert kv_cache_bytes_per_token(model.config, torch.float32) * T == stored
+    assert SlotCache.for_model(model, 1, T).bytes_per_token() * T == stored

@@ -27,7 +27,6 @@ from iiet.data import (
 from iiet.data.prepare import is_validation_document
 from iiet.errors import IIETError
 
-from .conftest import SHARED_DATA  # noqa: E402  (../shared/data beside the checkout)
 TINY_VOCAB = 300
 SEQ_LEN = 16
 VAL_FRACTION = 0.25
@@ -84,21 +83,13 @@ def test_wikiextractor_markup_and_title_are_stripped(tmp_path):
         '<doc id="2" url="?curid=2" title="Tom &amp; Jerry">\nTom &amp; Jerry\n\nTom &amp; Jerry is a cartoon.\n'
         "History.\nIt began in 1940.\n</doc>\n"
         '<doc id="3" url="?curid=3" title="Alpha">\nAlpha\n\nAlpha is a letter.\n</doc>\n'
+        '<doc id="4" url="?curid=4" title="Jarred Shaw">\nJarred Shaw\n\nJarred Shaw (born 1990) plays.\n</doc>\n'
     )
     documents = list(iter_documents(str(path)))
-    # The title-only stub disappears; the title line and markup go; entities are unescaped.
-    assert documents == ["Tom & Jerry is a cartoon.\nHistory.\nIt began in 1940.", "Alpha is a letter."]
-
-
-def test_real_enwiki_file_is_clean():
-    path = SHARED_DATA / "enwiki-extract" / "wiki_00.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    documents = list(iter_documents(str(path)))
-    assert 0 < len(documents) <= 1530  # 1530 <doc>s in the file, stubs dropped
-    assert not any("<doc" in text or "</doc>" in text for text in documents)
-    jarred = next(text for text in documents if "Jarred Shaw" in text)
-    assert jarred.startswith("Jarred Shaw (born September 28, 1990)")  # title line gone, body kept
+    # The title-only stub disappears; the title line and markup go (a body that starts with the title stays whole);
+    # entities are unescaped.
+    assert documents == ["Tom & Jerry is a cartoon.\nHistory.\nIt began in 1940.", "Alpha is a letter.",
+                         "Jarred Shaw (born 1990) plays."]
 
 
 def test_plain_json_glob_and_directory_sources(tmp_path):

@@ -1,7 +1,7 @@
 """Evaluation package: the local Table 1 tasks through lm-eval, perplexity by hand, errors, the report, the CLI.
 
-Every test uses a tiny random ``LlamaForCausalLM`` and a byte-level BPE trained here on a few KB of text; the
-suite tests read the benchmark files from ../shared/data beside the checkout (skipped when absent).
+Every test uses a tiny random ``LlamaForCausalLM`` and a byte-level BPE trained here on a few KB of text; the suite
+tests read a few hand-written rows per task, in each benchmark's original file format (``data_dir`` below).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from iiet.eval.harness import HUB_TASKS, PAPER_TASKS, lm_eval_task_names, overri
 from iiet.eval.report import COLUMNS, table_rows
 from iiet.eval.tasks.utils import DATA_FILES, wikitext_detokenizer, wikitext_documents
 
-from .conftest import SHARED_DATA  # noqa: E402  (../shared/data beside the checkout)
 MAX_POSITIONS = 128  # small, so that long documents are scored in several rolling windows
 TRAINING_TEXT = (
     "The quick brown fox jumps over the lazy dog. A question: what is the answer? "
@@ -75,11 +74,59 @@ def checkpoint(tmp_path_factory, tokenizer, model):
     return path
 
 
-@pytest.fixture
-def data_dir():
-    if not all((SHARED_DATA / f).is_file() for files in DATA_FILES.values() for f in files):
-        pytest.skip(f"benchmark files not found under {SHARED_DATA}")
-    return SHARED_DATA
+TINY_WIKI = """ 
+ = Robert Tinyman = 
+ 
+ Robert Tinyman is an English actor . He had a guest @-@ starring role in 2000 . 
+ 
+ = = Career = = 
+ 
+ In 2001 he appeared in a play , and in 2003 he was cast in a film of 1 @,@ 000 scenes . 
+ 
+ = Second Article = 
+ 
+ The second article is about rivers , bridges and towns . 
+ 
+ = Third Article = 
+ 
+ Plants make sugar from light , water and carbon dioxide . 
+"""
+BENCHMARK_ROWS = 4  # rows per multiple-choice file
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A few invented rows per task, in each benchmark's original public file format (``DATA_FILES``)."""
+    root = tmp_path_factory.mktemp("benchmarks")
+    rows = range(BENCHMARK_ROWS)
+
+    def write(relative: str, text: str) -> None:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+
+    def jsonl(records) -> str:
+        return "".join(json.dumps(r) + "\n" for r in records)
+
+    write("wikitext-2-raw/test.raw", TINY_WIKI)
+    write("lambada/test.jsonl", jsonl({"text": f"She opened the door and saw the garden number {i}. It was her garden"}
+                                      for i in rows))
+    write("piqa/valid.jsonl", jsonl({"goal": f"Open jar {i}.", "sol1": "Twist the lid.", "sol2": "Eat the lid."}
+                                    for i in rows))
+    write("piqa/valid-labels.lst", "".join(f"{i % 2}\n" for i in rows))
+    write("hellaswag/val.jsonl", jsonl({"query": f"Cooking: a man boils water {i}. he", "label": i % 4,
+                                        "endings": ["adds pasta.", "sings.", "leaves.", "sleeps."]} for i in rows))
+    write("sciq/test.json", json.dumps([{"question": f"What do plants make from light ({i})?", "distractor1": "salt",
+                                         "distractor2": "iron", "distractor3": "sand", "correct_answer": "sugar",
+                                         "support": "Plants make sugar from light."} for i in rows]))
+    write("arc-challenge/test.jsonl", jsonl({"id": f"q{i}", "question": {"stem": f"Which boils at 100 degrees ({i})?",
+                                             "choices": [{"text": t, "label": label} for t, label in
+                                                         (("water", "A"), ("iron", "B"), ("salt", "C"))]},
+                                             "answerKey": "A"} for i in rows))
+    write("winogrande/dev.jsonl", jsonl({"qID": f"w{i}", "sentence": "Sarah was a better cook than Maria so _ won.",
+                                         "option1": "Sarah", "option2": "Maria", "answer": str(1 + i % 2)}
+                                        for i in rows))
+    assert all((root / f).is_file() for files in DATA_FILES.values() for f in files)
+    return root
 
 
 # (a) every task runs on the local files ----------------------------------------------------------------------
@@ -101,9 +148,9 @@ def test_every_task_runs_on_local_files(model, tokenizer, data_dir, tmp_path):
             else:
                 assert 0.0 <= value <= 1.0
     assert output["results"]["iiet_wikitext"]["bits_per_byte,none"] > 0
-    # The full data sets were read (limit applies after loading): WikiText-2 test has 62 articles.
-    assert output["n-samples"]["iiet_wikitext"]["original"] == 62
-    assert output["n-samples"]["iiet_hellaswag"]["original"] == 10042
+    # The whole files were read (limit applies after loading): three articles, BENCHMARK_ROWS rows.
+    assert output["n-samples"]["iiet_wikitext"]["original"] == 3
+    assert output["n-samples"]["iiet_hellaswag"]["original"] == BENCHMARK_ROWS
 
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["lm_eval_version"] and saved["tasks"][output["iiet"]["model"]]["iiet_piqa"]["version"] == 1.0
@@ -113,10 +160,10 @@ def test_every_task_runs_on_local_files(model, tokenizer, data_dir, tmp_path):
 
 def test_wikitext_documents_split_at_top_level_headings(data_dir):
     documents = wikitext_documents((data_dir / "wikitext-2-raw/test.raw").read_text())
-    assert len(documents) == 62
-    assert documents[0].startswith(" = Robert Boulter = \n")
+    assert len(documents) == 3  # " = = Career = = " is a section, not an article
+    assert documents[0].startswith(" = Robert Tinyman = \n") and "Career" in documents[0]
     assert all(" = = " not in doc.split("\n")[0] for doc in documents)
-    assert len(wikitext_documents((data_dir / "wikitext-2-raw/valid.raw").read_text())) == 60
+    assert "\n".join(documents) == TINY_WIKI.split("\n", 1)[1]  # only the leading blank line is dropped
 
 
 # (b) perplexity equals a direct computation ------------------------------------------------------------------

@@ -23,7 +23,6 @@ from iiet.train.metrics import read_metrics
 from iiet.train.trainer import DataOrder, build_model_config
 
 REPO = Path(__file__).resolve().parents[1]
-WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "valid.raw"
 SEQ_LEN = 64
 SCHEMES = {"euler": {"name": "euler"}, "iiet": {"name": "iiet", "num_iterations": 2}}
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -34,18 +33,13 @@ PARITY_TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """~150 KB of real text (WikiText-2 valid), one document per paragraph, 512-token BPE, 64-token sequences."""
-    if not WIKITEXT.is_file():
-        pytest.skip(f"{WIKITEXT} is missing")
+def data_dir(corpus_file, tmp_path_factory) -> Path:
+    """~100 KB of English-like text (conftest), 512-token BPE, 64-token sequences, 10% held out."""
     from iiet.data import prepare_data, train_tokenizer
 
     root = tmp_path_factory.mktemp("data")
-    paragraphs = [p.strip() for p in WIKITEXT.read_text()[:150_000].split("\n \n") if len(p.strip()) > 200]
-    source = root / "docs.jsonl"
-    source.write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs))
-    train_tokenizer([str(source)], root / "tokenizer", vocab_size=512)
-    prepare_data([str(source)], str(root / "tokenizer"), root / "packed", seq_len=SEQ_LEN, val_fraction=0.1)
+    train_tokenizer([str(corpus_file)], root / "tokenizer", vocab_size=512)
+    prepare_data([str(corpus_file)], str(root / "tokenizer"), root / "packed", seq_len=SEQ_LEN, val_fraction=0.1)
     return root / "packed"
 
 

@@ -21,22 +21,10 @@ from typing import Any
 import torch
 
 from iiet.errors import IIETError
-from iiet.eval.tasks import TASK_DIR
+from iiet.eval.report import write_reports
+from iiet.eval.tasks import HUB_TASKS, LOCAL_TASKS, PAPER_TASKS, TASK_DIR
 
-# The paper's task names, in Table 1 order.
-PAPER_TASKS: tuple[str, ...] = ("wikitext", "lambada", "piqa", "hellaswag", "sciq", "arc_challenge", "winogrande")
 ALL = PAPER_TASKS
-# lm-eval's own tasks that read the same data from the Hugging Face hub.
-HUB_TASKS: dict[str, str] = {
-    "wikitext": "wikitext",
-    "lambada": "lambada_openai",
-    "piqa": "piqa",
-    "hellaswag": "hellaswag",
-    "sciq": "sciq",
-    "arc_challenge": "arc_challenge",
-    "winogrande": "winogrande",
-}
-LOCAL_TASKS: dict[str, str] = {name: f"iiet_{name}" for name in PAPER_TASKS}
 
 
 def paper_task_names(tasks: str | Sequence[str]) -> list[str]:
@@ -300,8 +288,6 @@ def evaluate(
             torch.cuda.empty_cache()
 
     if output_dir is not None:
-        from iiet.eval.report import write_reports
-
         write_reports(results, output_dir)
     return results
 

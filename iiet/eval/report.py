@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iiet.eval.harness import HUB_TASKS, LOCAL_TASKS, PAPER_TASKS
+from iiet.eval.tasks import HUB_TASKS, LOCAL_TASKS, PAPER_TASKS
 
 
 @dataclass(frozen=True)

@@ -227,14 +227,13 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float, min_lr_ratio
 def load_config(path: str | Path) -> TrainConfig:
     """Read a YAML recipe (the ``--config`` file of ``iiet train``) into a ``TrainConfig``.
 
-    Parsed by the same jsonargparse parser as the CLI, so unknown keys and wrongly typed values fail the same way.
+    Parsed by jsonargparse from the same dataclasses as the CLI, so unknown keys and wrongly typed values fail the
+    same way.
     """
     from jsonargparse import ArgumentParser
 
-    from iiet.train.commands import train
-
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_function_arguments(train)
+    parser.add_class_arguments(TrainConfig)
     try:
         namespace = parser.parse_path(str(path))
     except Exception as error:  # jsonargparse raises its own ArgumentError/ParserError types
