@@ -1,8 +1,9 @@
-"""The ``iiet`` command line.
+"""The ``iiet`` command line (``python -m iiet.cli`` and ``torchrun -m iiet.cli`` too).
 
 Every subcommand is a plain typed Python function; jsonargparse builds its ``--help`` from the signature and the
-docstring, and accepts ``--config recipe.yaml`` for any of them. To add a command, add one ``name: "module:function"``
-entry to ``COMMANDS``.
+docstring, and accepts ``--config recipe.yaml`` for any of them. Only the module of the command being run is
+imported. The table of commands and the answers that need no command (``--help``, ``--version``) are in the
+top-level ``iiet_cli`` module, which the console script runs without importing torch.
 """
 
 from __future__ import annotations
@@ -10,24 +11,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS: dict[str, str] = {
-    "info": "iiet.models.presets:info",
-    "upcycle": "iiet.models.convert:upcycle",
-    "export": "iiet.models.export:export",
-    "reproduce": "iiet.study.reproduce:reproduce",
-    # -- commands --
-    "bench": "iiet.bench.commands:bench",
-    "influence": "iiet.iiad.commands:influence",
-    "plan": "iiet.iiad.commands:plan",
-    "distill": "iiet.iiad.commands:distill",
-    "train": "iiet.train.commands:train",
-    "plot": "iiet.train.commands:plot",
-    "demo": "iiet.train.commands:demo",
-    "tokenizer-train": "iiet.data.commands:tokenizer_train",
-    "data-prepare": "iiet.data.commands:data_prepare",
-    "eval": "iiet.eval.commands:eval_command",
-    "serve": "iiet.serve.commands:serve",
-}
+from jsonargparse import CLI
+
+import iiet_cli
+from iiet.errors import IIETError
+
+COMMANDS = iiet_cli.COMMANDS
 
 
 def _resolve(path: str):
@@ -35,18 +24,23 @@ def _resolve(path: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import CLI
-
-    argv = sys.argv[1:] if argv is None else argv
-    from iiet.errors import IIETError
-
+def run_command(argv: list[str]) -> None:
+    """Run ``argv[0]`` (a name in ``COMMANDS``) with the options ``argv[1:]``."""
+    name = argv[0]
     try:
-        CLI({name: _resolve(path) for name, path in COMMANDS.items()}, args=argv, as_positional=False)
+        CLI({name: _resolve(COMMANDS[name])}, args=argv, as_positional=False, prog="iiet")
     except (IIETError, FileNotFoundError) as error:
         # Bad user input surfaces as one line naming the problem; the message itself says how to fix it.
         print(f"iiet: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        run_command(argv)
+    else:
+        iiet_cli.main(argv)  # help, version, or an unknown command
 
 
 if __name__ == "__main__":

@@ -41,11 +41,15 @@ def test_upcycled_llama_with_zero_corrections_equals_the_llama_and_corrections_c
     assert (iterated(x).logits - llama(x).logits).abs().max() > 1e-3
 
 
-def test_upcycle_command_writes_a_loadable_checkpoint(tmp_path):
+def test_upcycle_command_writes_a_loadable_checkpoint(tmp_path, capsys):
+    from iiet.cli import main
+
     _llama().save_pretrained(tmp_path / "llama")
-    upcycle(str(tmp_path / "llama"), str(tmp_path / "iiet"), {"name": "iiet", "num_iterations": 1})
+    main(["upcycle", "--llama_dir", str(tmp_path / "llama"), "--output_dir", str(tmp_path / "iiet"),
+          "--scheme", "{name: iiet, num_iterations: 1}"])
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "iiet")
     assert isinstance(model, IIETForCausalLM) and model.num_block_evaluations() == 2 * TINY["num_hidden_layers"]
+    assert f"wrote {tmp_path / 'iiet'}" in capsys.readouterr().out
     with pytest.raises(IIETError, match="not empty"):
         upcycle(str(tmp_path / "llama"), str(tmp_path / "iiet"), "iiet")
 
@@ -177,12 +181,6 @@ def test_paper_presets_have_their_named_size(preset, expected):
     for scheme in ("euler", {"name": "iiet", "num_iterations": 3}, "pcformer"):
         count = parameter_count(build_config(preset, scheme))
         assert abs(count - expected) / expected < 0.10, (preset, scheme, count)
-
-
-@pytest.mark.parametrize("preset, millions", [("55M", 55), ("340M", 340), ("740M", 740)])
-def test_table4_presets_have_their_nominal_size(preset, millions):
-    """Table 4 of the paper: the Transformer++ of each preset (tied embeddings, 32k vocabulary) has its nominal size."""
-    assert parameter_count(build_config(preset, "euler")) / 1e6 == pytest.approx(millions, rel=0.02)
 
 
 def test_checkpoints_load_without_iiet_through_trust_remote_code(tmp_path):
