@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,14 +22,13 @@ import torch
 
 pytest.importorskip("fastapi", reason="serving needs transformers[serving]")
 openai = pytest.importorskip("openai", reason="the serving tests use the openai client")
-import uvicorn  # noqa: E402  (comes with fastapi in transformers[serving])
 
 from iiet import IIETConfig, IIETForCausalLM  # noqa: E402
 from iiet import cli  # noqa: E402
 from iiet.errors import IIETError  # noqa: E402
 from iiet.eval.harness import scheme_overrides  # noqa: E402
 from iiet.serve.app import build_app  # noqa: E402
-from iiet.serve.commands import bind_socket, load_served  # noqa: E402
+from iiet.serve.commands import BackgroundServer, bind_socket, load_served  # noqa: E402
 
 CORPUS = ["the quick brown fox jumps over the lazy dog", "a tiny model serves tiny answers to every client"] * 8
 CHAT_TEMPLATE = (
@@ -80,27 +78,6 @@ def checkpoint(tmp_path_factory):
     return str(path)
 
 
-class RunningServer:
-    """uvicorn running ``app`` on a free loopback port in a thread; ``stop()`` ends it."""
-
-    def __init__(self, app):
-        sock = bind_socket("127.0.0.1", 0)
-        self.url = "http://127.0.0.1:%d" % sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive(), "the server did not stop"
-
-
 @pytest.fixture(scope="module")
 def served(checkpoint):
     return load_served(checkpoint, device="cpu")
@@ -111,7 +88,7 @@ def server(served):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NO_PROXY", "127.0.0.1")  # loopback only, whatever proxy the environment names
         patch.setenv("no_proxy", "127.0.0.1")
-        running = RunningServer(build_app(served))
+        running = BackgroundServer(build_app(served))
         yield running
         running.stop()
 
@@ -257,7 +234,7 @@ def test_models_health_and_default_length(client, checkpoint, server):
 def test_scheme_overrides_serve_the_overridden_model(checkpoint):
     served = load_served(checkpoint, device="cpu", overrides=scheme_overrides(num_iterations=0))
     assert served.model.num_block_evaluations() == 3  # Lower Bound: one evaluation per layer
-    running = RunningServer(build_app(served))
+    running = BackgroundServer(build_app(served))
     try:
         status, answer = post(running.url + "/v1/completions", {"prompt": PROMPTS[3], "max_tokens": NEW_TOKENS})
     finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
+import time
 from pathlib import Path
 
 from iiet.errors import IIETError
@@ -34,6 +36,35 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise IIETError(f"{host}:{port} {reason}; pass another --port (or --host)") from None
     sock.listen(128)
     return sock
+
+
+class BackgroundServer:
+    """uvicorn serving ``app`` from a thread of this process (notebooks, tests, benchmarks); ``stop()`` ends it.
+
+    ``url`` is where it listens (``port=0``: a free port); construction returns once the server accepts requests.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, startup_seconds: float = 30.0):
+        import uvicorn
+
+        sock = bind_socket(host, port)
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + startup_seconds
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                self.stop()
+                raise RuntimeError(f"the server on {self.url} did not start within {startup_seconds:g} s")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=timeout)
+        if self.thread.is_alive():
+            raise RuntimeError(f"the server on {self.url} did not stop within {timeout:g} s")
 
 
 def load_served(model: str, device: str = "auto", dtype: str = "auto", overrides: dict | None = None):
