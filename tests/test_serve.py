@@ -250,8 +250,7 @@ def test_continuous_batching_is_refused(served):
         served.model.generate(torch.tensor([[5, 6, 7]]), cache_implementation="paged", max_new_tokens=2)
 
 
-def test_cli_rejects_bad_input_before_loading(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "COMMANDS", {"serve": cli.COMMANDS["serve"]})
+def test_cli_rejects_bad_input_before_loading(tmp_path, capsys):
     taken = bind_socket("127.0.0.1", 0)
     port = taken.getsockname()[1]
     cases = [
@@ -276,8 +275,7 @@ def test_cli_rejects_bad_input_before_loading(tmp_path, capsys, monkeypatch):
 def test_iiet_serve_command_answers_a_client(served, checkpoint, tmp_path):
     """The command a user types, in its own process: it prints where it listens, answers, and stops on Ctrl+C."""
     env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-c", "from iiet.cli import main; main()", "serve", "--model", checkpoint,
-               "--port", "0", "--device", "cpu"]
+    command = [sys.executable, "-m", "iiet.cli", "serve", "--model", checkpoint, "--port", "0", "--device", "cpu"]
     with open(tmp_path / "stderr", "w") as stderr:
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
