@@ -70,9 +70,13 @@ class IIETPreTrainedModel(PreTrainedModel):
             own()
 
 
+# The outputs' cache field: ``cache`` in transformers >= 5.24, where ``past_key_values`` is a deprecated alias that
+# warns when set or read; ``past_key_values`` before. Outputs are built and read under the name this version has.
+_CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 def _output_cache(output: BaseModelOutputWithPast) -> Cache | None:
-    # transformers >= 5.24 stores the cache under ``cache`` (``past_key_values`` is a deprecated alias there).
-    return output.get("cache", output.get("past_key_values"))
+    return getattr(output, _CACHE_FIELD)
 
 
 class BlockRunner:
@@ -205,7 +209,7 @@ class IIETModel(IIETPreTrainedModel):
             hidden_states = (trace[0][0], *(states[-1] for states in trace))
         return IIETModelOutput(
             last_hidden_state=self.norm(result.hidden),
-            past_key_values=past_key_values,
+            **{_CACHE_FIELD: past_key_values},
             hidden_states=hidden_states,
             iterations=tuple(tuple(states) for states in trace) if want_iterations else None,
             corrections=result.corrections,
@@ -284,7 +288,7 @@ class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
         return IIETOutput(
             loss=loss,
             logits=logits,
-            past_key_values=_output_cache(out),
+            **{_CACHE_FIELD: _output_cache(out)},
             hidden_states=out.hidden_states,
             iterations=out.iterations,
             corrections=out.corrections,
