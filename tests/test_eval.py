@@ -312,6 +312,65 @@ def test_table_columns_and_average():
     assert rows[0]["Avg."] == pytest.approx(100 * sum(accuracies.values()) / 6)
 
 
+def test_table_shows_stderrs_and_marks_limit_runs():
+    metric = {c.task: c.metric for c in COLUMNS if c.is_accuracy}
+    accuracies = {"lambada": 0.30, "piqa": 0.65, "hellaswag": 0.35, "sciq": 0.78, "arc_challenge": 0.24,
+                  "winogrande": 0.52}
+    stderrs = {"lambada": 0.006, "piqa": 0.011, "hellaswag": 0.005, "sciq": 0.013, "arc_challenge": 0.012,
+               "winogrande": 0.014}
+    values = {task: {metric[task]: acc, f"{metric[task]}_stderr": stderrs[task]} for task, acc in accuracies.items()}
+    values["wikitext"] = {"word_perplexity": 25.71}  # lm-eval gives word perplexity no stderr ("N/A")
+    full, partial = fake_output(values), fake_output(values)
+    full["results"]["iiet_wikitext"]["word_perplexity_stderr,none"] = "N/A"
+    partial["iiet"] = {"limit": 20}
+    table = markdown_table({"full": full, "partial": partial})
+    lines = table.strip().split("\n")
+    assert lines[2] == ("| full | 25.7 | 30.0 ± 0.6 | 65.0 ± 1.1 | 35.0 ± 0.5 | 78.0 ± 1.3 | 24.0 ± 1.2 | 52.0 ± 1.4 "
+                        "| 47.3 ± 0.4 |")
+    assert lines[3].startswith("| partial † | 25.7 | 30.0 ± 0.6 |")
+    assert lines[-1].startswith("† partial: --limit 20 scored at most that many documents per task")
+    _, rows = table_rows({"full": full})
+    average_stderr = 100 * math.sqrt(sum(se ** 2 for se in stderrs.values())) / 6  # a mean of six independent tasks
+    assert rows[0]["Avg. stderr"] == pytest.approx(average_stderr) and rows[0]["limit"] is None
+    assert "†" not in markdown_table({"full": full})
+
+
+def test_plain_lm_eval_group_reports_the_papers_average_without_custom_kwargs_warnings(model, tokenizer, data_dir):
+    """``--tasks iiet_table1`` through lm-eval itself (the plain CLI's route): the group's paper_acc is Avg."""
+    import logging
+
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    from iiet.eval.harness import task_manager
+
+    class Recorder(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    recorder, logger = Recorder(), logging.getLogger("lm_eval")
+    logger.addHandler(recorder)
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=4)
+        output = lm_eval.simple_evaluate(model=lm, tasks=["iiet_table1"], task_manager=task_manager(data_dir),
+                                         limit=2, log_samples=False)
+    finally:
+        logger.removeHandler(recorder)
+    assert not [m for m in recorder.messages if "Custom kwargs" in m]
+    group = output["results"]["iiet_table1"]
+    _, (row,) = table_rows({"m": output})
+    assert group["paper_acc,none"] * 100 == pytest.approx(row["Avg."])
+    assert group["paper_acc_stderr,none"] * 100 == pytest.approx(row["Avg. stderr"])
+    columns = {c.task: c.metric for c in COLUMNS if c.is_accuracy}
+    for task, metric in columns.items():
+        result = output["results"][f"iiet_{task}"]
+        assert result["paper_acc,none"] == result[f"{metric},none"]  # each task's own Table 1 column
+
+
 def test_table_shows_only_the_tasks_run():
     columns, rows = table_rows({"m": fake_output({"piqa": {"acc_norm": 0.6}, "sciq": {"acc": 0.8}})})
     assert [c.header for c in columns] == ["PiQA acc_norm", "SciQ acc"]
@@ -331,7 +390,8 @@ def test_cli_eval_smoke(checkpoint, data_dir, tmp_path, monkeypatch, capsys):
     cli.main(["eval", "--models", f"[{checkpoint},{checkpoint}]", "--tasks", "[piqa,sciq,winogrande]",
               "--data_dir", str(data_dir), "--limit", "2", "--device", "cpu", "--output_dir", str(out)])
     printed = capsys.readouterr().out
-    assert f"| {checkpoint} |" in printed and f"| {checkpoint} #2 |" in printed
+    assert f"| {checkpoint} † |" in printed and f"| {checkpoint} #2 † |" in printed  # --limit runs are marked
+    assert "† partial: --limit 2 scored at most" in printed and " ± " in printed
     saved = json.loads((out / "results.json").read_text())
     assert len(saved["table"]) == 2 and all(row["Avg."] is not None for row in saved["table"])
     assert (out / "table.md").is_file() and (out / "results.csv").is_file()

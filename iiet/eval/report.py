@@ -4,7 +4,12 @@
 
 i.e. the average over every column that is an accuracy (the paper's "average over all benchmarks that use
 (normalized) accuracy"); perplexities are excluded. Accuracies are shown in percent. Only the columns of tasks that
-were run appear, and Avg. is the mean of the accuracy columns shown.
+were run appear, and Avg. is the mean of the accuracy columns shown. The plain ``lm_eval`` route reports the same
+average as the ``paper_acc`` of the ``iiet_table1`` group.
+
+Each cell shows lm-eval's standard error where it has one (``65.2 ± 1.1``); Avg.'s is that of a mean of
+independent estimates, ``sqrt(sum se_i^2) / n`` (lm-eval's ``unweighted_mean_stderr``, as in the group). A model
+evaluated with ``--limit`` is marked ``†`` and a note under the table says that its numbers are partial.
 
 ``write_reports`` writes ``table.md`` (this table), ``results.csv`` (the same numbers at full precision) and
 ``results.json`` (everything lm-eval returned per model, plus the lm-eval version, task versions and sample counts).
@@ -43,6 +48,9 @@ COLUMNS: tuple[Column, ...] = (
 )
 AVERAGE = "Avg."
 PERCENT = 100.0
+STDERR = " stderr"  # suffix of a column's standard-error key in the rows and the CSV
+LIMIT = "limit"
+LIMIT_MARK = "†"
 
 
 def metric_value(output: Mapping[str, Any], task: str, metric: str) -> float | None:
@@ -56,8 +64,16 @@ def metric_value(output: Mapping[str, Any], task: str, metric: str) -> float | N
     return None
 
 
+def metric_stderr(output: Mapping[str, Any], task: str, metric: str) -> float | None:
+    """lm-eval's standard error of one metric of one paper task, or None where it has none ("N/A")."""
+    return metric_value(output, task, f"{metric}_stderr")
+
+
 def table_rows(results: Mapping[str, Mapping[str, Any]]) -> tuple[list[Column], list[dict[str, Any]]]:
-    """The columns present in any model's results and one row per model (accuracies in %, Avg. included)."""
+    """The columns present in any model's results and one row per model (accuracies in %, Avg. included), each
+    value ``X`` with its standard error under ``X stderr`` (None where lm-eval has none) and the run's ``limit``."""
+    from lm_eval.api.metrics import unweighted_mean_stderr
+
     values = {
         name: {column.header: metric_value(output, column.task, column.metric) for column in COLUMNS}
         for name, output in results.items()
@@ -65,36 +81,55 @@ def table_rows(results: Mapping[str, Mapping[str, Any]]) -> tuple[list[Column], 
     columns = [c for c in COLUMNS if any(v[c.header] is not None for v in values.values())]
     rows = []
     for name, row_values in values.items():
+        output = results[name]
         row: dict[str, Any] = {"Model": name}
         for column in columns:
-            value = row_values[column.header]
-            row[column.header] = value * PERCENT if value is not None and column.is_accuracy else value
+            scale = PERCENT if column.is_accuracy else 1.0
+            value, stderr = row_values[column.header], metric_stderr(output, column.task, column.metric)
+            row[column.header] = value * scale if value is not None else None
+            row[column.header + STDERR] = stderr * scale if stderr is not None else None
         accuracies = [row[c.header] for c in columns if c.is_accuracy]
+        stderrs = [row[c.header + STDERR] for c in columns if c.is_accuracy]
         complete = accuracies and all(a is not None for a in accuracies)
         row[AVERAGE] = sum(accuracies) / len(accuracies) if complete else None
+        has_stderrs = complete and all(se is not None for se in stderrs)
+        row[AVERAGE + STDERR] = float(unweighted_mean_stderr(stderrs)) if has_stderrs else None
+        row[LIMIT] = output.get("iiet", {}).get("limit")
         rows.append(row)
     return columns, rows
 
 
-def _cell(value: float | None, decimals: int) -> str:
-    if value is None:
-        return "–"
+def _number(value: float, decimals: int) -> str:
     if math.isinf(value) or math.isnan(value):
         return str(value)
     return f"{value:.{decimals}f}"
 
 
+def _cell(value: float | None, decimals: int, stderr: float | None = None) -> str:
+    if value is None:
+        return "–"
+    shown = _number(value, decimals)
+    return shown if stderr is None else f"{shown} ± {_number(stderr, decimals)}"
+
+
 def markdown_table(results: Mapping[str, Mapping[str, Any]], decimals: int = 1) -> str:
-    """The Table 1 layout as Markdown: perplexities (lower is better), accuracies in % (higher is better)."""
+    """The Table 1 layout as Markdown: perplexities (lower is better), accuracies in % (higher is better), each
+    ``± stderr`` where lm-eval has one; rows of ``--limit`` runs marked, with a note below."""
     columns, rows = table_rows(results)
     headers = ["Model"] + [c.header for c in columns] + [AVERAGE]
     lines = [
         "| " + " | ".join(headers) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
     ]
+    limits = sorted({row[LIMIT] for row in rows if row[LIMIT] is not None})
     for row in rows:
-        cells = [row["Model"]] + [_cell(row[h], decimals) for h in headers[1:]]
+        name = f"{row['Model']} {LIMIT_MARK}" if row[LIMIT] is not None else row["Model"]
+        cells = [name] + [_cell(row[h], decimals, row[h + STDERR]) for h in headers[1:]]
         lines.append("| " + " | ".join(cells) + " |")
+    if limits:
+        shown = ", ".join(str(limit) for limit in limits)
+        lines += ["", f"{LIMIT_MARK} partial: --limit {shown} scored at most that many documents per task (a fraction "
+                  "if < 1); these numbers are not comparable with full-task results or the paper."]
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +155,8 @@ def write_reports(results: Mapping[str, Mapping[str, Any]], output_dir: str | Pa
 
     columns, rows = table_rows(results)
     with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["Model"] + [c.header for c in columns] + [AVERAGE])
+        values = [c.header for c in columns] + [AVERAGE]
+        writer = csv.DictWriter(f, fieldnames=["Model", *values, *(v + STDERR for v in values), LIMIT])
         writer.writeheader()
         writer.writerows(rows)
 
