@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from iiet.errors import IIETError
+from .errors import IIETError
 
 from .configuration_iiet import IIETConfig
 
@@ -168,6 +168,22 @@ class SlotCache(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].length
+
+    def compact(self, index: torch.Tensor) -> None:
+        """Keep, in every slot, the positions ``index[b]`` of row ``b`` (a (B, n) long tensor, in order) as its
+        positions ``0..n-1``; every slot's length becomes ``n``.
+
+        Used to squeeze out the holes that rows' rejected drafts leave in a batch (``iiet.models.speculative``).
+        Keys carry their rotary position already, so moving them changes nothing the attention computes.
+        """
+        S, B, H, _, D = self.key_buffer.shape
+        n = index.shape[1]
+        gather = index.to(self.key_buffer.device)[None, :, None, :, None].expand(S, B, H, n, D)
+        for buffer in (self.key_buffer, self.value_buffer):
+            length = self.layers[0].length
+            buffer[:, :, :, :n] = buffer[:, :, :, :length].gather(3, gather)  # gather copies first: overlap is safe
+        for layer in self.layers:
+            layer.length = n
 
     @property
     def num_slots(self) -> int:

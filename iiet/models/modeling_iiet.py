@@ -28,6 +28,8 @@ from .correctors import parse_corrector
 from .errors import IIETError
 from .layers import AttentionContext, DecoderBlock, RMSNorm, rotary_cos_sin
 from .schemes import SchemeOptions, build_scheme
+from .speculative import DEFAULT_DRAFT_TOKENS
+from .speculative import generate as speculative_generate
 
 
 @dataclass
@@ -293,6 +295,15 @@ class IIETForCausalLM(IIETPreTrainedModel, GenerationMixin):
             iterations=out.iterations,
             corrections=out.corrections,
         )
+
+    def generate(self, *args, draft_plan=None, num_draft_tokens: int = DEFAULT_DRAFT_TOKENS, **kwargs):
+        """``GenerationMixin.generate``. With ``draft_plan`` (``"lower-bound"``, ``"e-iiet:PLAN.json"``,
+        ``"adaptive[:TOL]"`` or corrections per layer): exact self-speculative decoding, the same weights drafting
+        ``num_draft_tokens`` tokens per round with that cheaper plan (``iiet.models.speculative``; same greedy tokens,
+        same sampling distribution)."""
+        if draft_plan is None:
+            return super().generate(*args, **kwargs)
+        return speculative_generate(self, *args, draft_plan=draft_plan, num_draft_tokens=num_draft_tokens, **kwargs)
 
     def num_block_evaluations(self) -> int:
         """Block evaluations per token (= KV-cache slots per token)."""
