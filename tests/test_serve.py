@@ -184,6 +184,20 @@ def test_concurrent_requests_each_get_their_own_answer(served, server, checkpoin
     assert answers == [expected[prompt] for prompt in requests]
 
 
+def test_concurrent_seeded_samples_are_those_of_their_seed(client, checkpoint):
+    def sample(seed: int) -> str:
+        return client.completions.create(
+            model=checkpoint, prompt=PROMPTS[1], max_tokens=NEW_TOKENS, temperature=1.5, seed=seed
+        ).choices[0].text
+
+    alone = {seed: sample(seed) for seed in (1, 2)}
+    assert alone[1] != alone[2]
+    seeds = [1, 2] * 4
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        together = list(pool.map(sample, seeds, timeout=REQUEST_SECONDS * 2))
+    assert together == [alone[seed] for seed in seeds]
+
+
 BAD_REQUESTS = [
     ({"model": "gpt-4", "prompt": "hi"}, 404, "model 'gpt-4' is not served here"),
     ({"prompt": "the quick " * 40}, 400, "context is 48 tokens; shorten the prompt"),

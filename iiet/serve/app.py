@@ -3,7 +3,7 @@
 ``transformers serve`` (``transformers.cli.serving``) is the HF ecosystem's server: FastAPI routes for
 ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models`` and ``/health``, handlers that turn a request into one
 ``model.generate(...)`` call on an inference thread, and OpenAI-format JSON and server-sent-event responses. This
-module reuses all of it and changes three things (docs/serving.md):
+module reuses all of it and changes four things (docs/serving.md):
 
 1. *Loading.* ``transformers serve`` builds the model class as ``getattr(transformers, config.architectures[0])``,
    which a remote-code architecture never is, so ``transformers serve CKPT --trust-remote-code`` cannot load an
@@ -15,6 +15,8 @@ module reuses all of it and changes three things (docs/serving.md):
    OpenAI's ``{"error": {"message": ...}}`` shape, so the ``openai`` client raises them with that message.
 3. *Sampling.* A temperature > 0 (or top_p < 1) samples; transformers would keep a greedy checkpoint config greedy.
    Without either the server decodes as the checkpoint's ``generation_config`` says (greedy for iiet checkpoints).
+4. *Seeds.* A request's ``seed`` is applied on the inference thread just before its ``generate()``; transformers
+   seeds on arrival, so under concurrent requests a sample would follow the seed of the last request to arrive.
 
 Decoding is ``model.generate()`` with the exact multi-slot KV cache (one slot per block evaluation). Concurrent
 requests queue on the one inference thread and are decoded one at a time, each exactly as alone. Continuous batching
@@ -25,8 +27,10 @@ from __future__ import annotations
 
 import json
 import numbers
+from contextvars import ContextVar
 from dataclasses import dataclass
 
+import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -36,7 +40,7 @@ from transformers.cli.serving.chat_completion import ChatCompletionHandler
 from transformers.cli.serving.completion import CompletionHandler
 from transformers.cli.serving.model_manager import ModelManager
 from transformers.cli.serving.server import build_server
-from transformers.cli.serving.utils import GenerationState, Modality
+from transformers.cli.serving.utils import GenerateManager, GenerationState, Modality
 
 # OpenAI's default completion length for /v1/completions; a chat completion runs to eos or the end of the context.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -141,6 +145,42 @@ def completion_length(body: dict, length_fields: tuple[str, ...], prompt_tokens:
     return body[field]
 
 
+# The seed of the request being handled. transformers seeds torch when a request *arrives*, so a request queued
+# behind another would sample from the seed of whichever request arrived last; the seed goes with the submission.
+_REQUEST_SEED: ContextVar[int | None] = ContextVar("request_seed", default=None)
+
+
+class _SeededGenerateManager(GenerateManager):
+    """transformers' sequential ``GenerateManager``, seeding torch on the inference thread right before a request's
+    ``generate()`` runs (``submit``/``async_submit`` are called from the request's handler, where its seed is set)."""
+
+    @staticmethod
+    def _seeded(fn):
+        seed = _REQUEST_SEED.get()
+        if seed is None:
+            return fn
+
+        def run(*args, **kwargs):
+            torch.manual_seed(seed)
+            return fn(*args, **kwargs)
+
+        return run
+
+    def submit(self, fn, *args, **kwargs):
+        return super().submit(self._seeded(fn), *args, **kwargs)
+
+    def async_submit(self, fn, *args, **kwargs):
+        return super().async_submit(self._seeded(fn), *args, **kwargs)
+
+
+class _GenerationState(GenerationState):
+    """Sequential generation (no continuous batching) through ``_SeededGenerateManager``."""
+
+    def get_manager(self, model_id: str, use_cb: bool = False):
+        self._generate_managers.setdefault(model_id, _SeededGenerateManager())
+        return super().get_manager(model_id, use_cb=use_cb)
+
+
 class _CheckedHandler:
     """Checks a request and fixes its completion length before transformers' handler (the next class) runs it."""
 
@@ -160,6 +200,7 @@ class _CheckedHandler:
             body, self.length_fields, self.prompt_tokens(body), self.served.context_length, self.default_length
         )
         body[self.length_fields[0]] = length
+        _REQUEST_SEED.set(body.pop("seed", None))  # applied by _SeededGenerateManager, not on arrival
         return await super().handle_request(body, request_id)
 
     def _build_generation_config(self, body: dict, model_generation_config, use_cb: bool = False):
@@ -251,7 +292,7 @@ def _body_not_object(request: Request, error: RequestValidationError) -> JSONRes
 def build_app(served: ServedModel) -> FastAPI:
     """The FastAPI app of ``transformers serve`` answering for ``served`` (run it with uvicorn)."""
     manager = _LoadedModelManager(served)
-    state = GenerationState()  # continuous_batching=False: sequential exact generate()
+    state = _GenerationState()  # continuous_batching=False: sequential exact generate()
     not_served = _NotServed()
     app = build_server(
         manager,
