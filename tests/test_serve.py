@@ -6,6 +6,7 @@ without any cache, so a server that decoded with a wrong cache (or batched reque
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -257,6 +258,31 @@ def test_scheme_overrides_serve_the_overridden_model(checkpoint):
     assert answer["choices"][0]["text"] == expected_completion(served, PROMPTS[3])
 
 
+def test_a_speculative_draft_serves_the_full_models_text(served, checkpoint):
+    from iiet.models.speculative import DEFAULT_DRAFT_TOKENS
+    from iiet.serve.commands import serve
+
+    assert inspect.signature(serve).parameters["num_draft_tokens"].default == DEFAULT_DRAFT_TOKENS
+    drafted = load_served(checkpoint, device="cpu", draft_plan="lower-bound", num_draft_tokens=2)
+    running = BackgroundServer(build_app(drafted))
+    try:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", timeout=REQUEST_SECONDS, max_retries=0)
+        for prompt in PROMPTS[:2]:  # the Lower Bound drafts, the full E-IIET verifies: its greedy text comes out
+            answer = client.completions.create(model=checkpoint, prompt=prompt, max_tokens=NEW_TOKENS)
+            assert answer.choices[0].text == expected_completion(served, prompt)
+        chunks = client.completions.create(model=checkpoint, prompt=PROMPTS[0], max_tokens=NEW_TOKENS, stream=True)
+        assert "".join(chunk.choices[0].text for chunk in chunks) == expected_completion(served, PROMPTS[0])
+        with pytest.raises(openai.BadRequestError, match="stop is not available .* --draft_plan"):
+            client.completions.create(model=checkpoint, prompt="hi", max_tokens=2, stop=["x"])
+        with pytest.raises(openai.BadRequestError, match="does not support min_new_tokens"):  # the model's refusal
+            client.completions.create(model=checkpoint, prompt="hi", max_tokens=2,
+                                      extra_body={"generation_config": '{"min_new_tokens": 2}'})
+    finally:
+        running.stop()
+    with pytest.raises(IIETError, match="draft"):
+        load_served(checkpoint, device="cpu", draft_plan="1,2")  # not one number per layer
+
+
 def test_continuous_batching_is_refused(served):
     with pytest.raises(IIETError, match="continuous batching .* needs 6 \\(one per block evaluation\\)"):
         served.model.generate_batch([[5, 6, 7]])
@@ -273,6 +299,7 @@ def test_cli_rejects_bad_input_before_loading(tmp_path, capsys):
         (["--model", str(tmp_path), "--port", "70000"], "port must be in 0..65535"),
         (["--model", str(tmp_path), "--log_level", "loud"], "unknown log_level 'loud'"),
         (["--model", str(tmp_path), "--num_iterations", "-1"], "num_iterations must be >= 0"),
+        (["--model", str(tmp_path), "--num_draft_tokens", "0"], "num_draft_tokens must be >= 1"),
     ]
     try:
         for args, message in cases:

@@ -18,13 +18,16 @@ module reuses all of it and changes four things (docs/serving.md):
 4. *Seeds.* A request's ``seed`` is applied on the inference thread just before its ``generate()``; transformers
    seeds on arrival, so under concurrent requests a sample would follow the seed of the last request to arrive.
 
-Decoding is ``model.generate()`` with the exact multi-slot KV cache (one slot per block evaluation). Concurrent
-requests queue on the one inference thread and are decoded one at a time, each exactly as alone. Continuous batching
+Decoding is ``model.generate()`` with the exact multi-slot KV cache (one slot per block evaluation), or, with a
+draft, exact self-speculative ``model.generate(..., draft_plan=..., num_draft_tokens=k)`` (same greedy tokens, same
+sampling distribution). Concurrent requests queue on the one inference thread and are decoded one at a time, each
+exactly as alone. Continuous batching
 (paged attention) is refused by the model itself (``IIETForCausalLM.init_continuous_batching``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import numbers
 from contextvars import ContextVar
@@ -40,7 +43,9 @@ from transformers.cli.serving.chat_completion import ChatCompletionHandler
 from transformers.cli.serving.completion import CompletionHandler
 from transformers.cli.serving.model_manager import ModelManager
 from transformers.cli.serving.server import build_server
-from transformers.cli.serving.utils import GenerateManager, GenerationState, Modality
+from transformers.cli.serving.utils import DirectStreamer, GenerateManager, GenerationState, Modality, _StreamError
+
+from iiet.errors import IIETError
 
 # OpenAI's default completion length for /v1/completions; a chat completion runs to eos or the end of the context.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -61,13 +66,22 @@ NO_OP_VALUES: dict[str, tuple] = {
 }
 
 
+# Request fields the self-speculative path cannot honour (it takes no tokenizer for stop strings and no penalties).
+NOT_WITH_DRAFT = ("stop", "frequency_penalty", "logit_bias")
+
+
 @dataclass
 class ServedModel:
-    """The model a server answers for, under the ``name`` clients pass as ``"model"`` (the checkpoint path)."""
+    """The model a server answers for, under the ``name`` clients pass as ``"model"`` (the checkpoint path).
+
+    ``draft``: ``{"draft_plan": ..., "num_draft_tokens": k}`` to decode every request by exact self-speculative
+    decoding (``model.generate(..., **draft)``, iiet.models.speculative); ``None``: plain ``generate()``.
+    """
 
     name: str
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    draft: dict | None = None
 
     @property
     def context_length(self) -> int:
@@ -173,11 +187,53 @@ class _SeededGenerateManager(GenerateManager):
         return super().async_submit(self._seeded(fn), *args, **kwargs)
 
 
+class _DraftGenerateManager(_SeededGenerateManager):
+    """Decodes by ``model.generate(..., draft_plan=..., num_draft_tokens=k)``. That path takes no streamer (nor the
+    tokenizer transformers passes for stop strings), so a streamed answer is sent when its generation ends."""
+
+    def __init__(self, draft: dict):
+        super().__init__()
+        self.draft = draft
+
+    def _generate(self, model, inputs, gen_config):
+        return model.generate(**inputs, generation_config=gen_config, **self.draft)
+
+    async def generate_non_streaming(self, model, processor, inputs, gen_config, request_id):
+        sequences = await self.async_submit(self._generate, model, inputs, gen_config)
+        prompt_length = inputs["input_ids"].shape[-1]
+        generated = sequences[0, prompt_length:]
+        return processor.decode(generated, skip_special_tokens=True), prompt_length, generated
+
+    def generate_streaming(self, model, processor, inputs, gen_config, request_id, response_parser=None):
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        tokenizer = getattr(processor, "tokenizer", processor)._tokenizer
+        streamer = DirectStreamer(tokenizer, loop, queue, response_parser=response_parser)
+
+        def run() -> None:
+            try:
+                sequences = self._generate(model, inputs, gen_config)
+                prompt = inputs["input_ids"][0]
+                streamer.put(prompt)  # the first put is the prompt, which a DirectStreamer skips
+                streamer.put(sequences[0, prompt.shape[-1] :])
+                streamer.end()
+            except Exception as error:  # as transformers' own streaming: the stream ends with an error event
+                loop.call_soon_threadsafe(queue.put_nowait, _StreamError(str(error)))
+
+        self.submit(run)
+        return queue, streamer
+
+
 class _GenerationState(GenerationState):
-    """Sequential generation (no continuous batching) through ``_SeededGenerateManager``."""
+    """Sequential generation (no continuous batching): plain or self-speculative ``generate()``, seeded per request."""
+
+    def __init__(self, draft: dict | None):
+        super().__init__()
+        self.draft = draft
 
     def get_manager(self, model_id: str, use_cb: bool = False):
-        self._generate_managers.setdefault(model_id, _SeededGenerateManager())
+        if model_id not in self._generate_managers:
+            manager = _DraftGenerateManager(self.draft) if self.draft else _SeededGenerateManager()
+            self._generate_managers[model_id] = manager
         return super().get_manager(model_id, use_cb=use_cb)
 
 
@@ -196,6 +252,14 @@ class _CheckedHandler:
 
     async def handle_request(self, body: dict, request_id: str):
         check_fields(body, self.served.name, self.length_fields)
+        if self.served.draft:
+            for field in NOT_WITH_DRAFT:
+                if body.get(field) not in (None, 0, "", [], {}):
+                    raise reject(
+                        f"{field} is not available when the server decodes with a speculative draft "
+                        "(iiet serve --draft_plan); omit it, or serve without --draft_plan",
+                        field,
+                    )
         length = completion_length(
             body, self.length_fields, self.prompt_tokens(body), self.served.context_length, self.default_length
         )
@@ -289,10 +353,15 @@ def _body_not_object(request: Request, error: RequestValidationError) -> JSONRes
     return _openai_error(request, reject("the request body must be a JSON object"))
 
 
+def _model_refused(request: Request, error: IIETError) -> JSONResponse:
+    # The model refuses a request's settings with an IIETError (e.g. a generation_config the draft cannot honour).
+    return _openai_error(request, reject(str(error)))
+
+
 def build_app(served: ServedModel) -> FastAPI:
     """The FastAPI app of ``transformers serve`` answering for ``served`` (run it with uvicorn)."""
     manager = _LoadedModelManager(served)
-    state = _GenerationState()  # continuous_batching=False: sequential exact generate()
+    state = _GenerationState(served.draft)  # continuous_batching=False: sequential exact generate()
     not_served = _NotServed()
     app = build_server(
         manager,
@@ -305,4 +374,5 @@ def build_app(served: ServedModel) -> FastAPI:
     )
     app.add_exception_handler(StarletteHTTPException, _openai_error)
     app.add_exception_handler(RequestValidationError, _body_not_object)
+    app.add_exception_handler(IIETError, _model_refused)
     return app

@@ -67,15 +67,29 @@ class BackgroundServer:
             raise RuntimeError(f"the server on {self.url} did not stop within {timeout:g} s")
 
 
-def load_served(model: str, device: str = "auto", dtype: str = "auto", overrides: dict | None = None):
-    """The ``ServedModel`` of checkpoint directory ``model``: weights and tokenizer, in eval mode on ``device``."""
+def load_served(
+    model: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    overrides: dict | None = None,
+    draft_plan: str | None = None,
+    num_draft_tokens: int = 4,
+):
+    """The ``ServedModel`` of checkpoint directory ``model``: weights and tokenizer, in eval mode on ``device``,
+    decoding self-speculatively with ``draft_plan`` when one is given (validated here, before serving)."""
     from iiet.eval.harness import load_checkpoint, resolve_device, resolve_dtype
     from iiet.serve.app import ServedModel
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     network, tokenizer = load_checkpoint(model, overrides, torch_dtype)
-    return ServedModel(model, network.to(torch_device).eval(), tokenizer)
+    draft = None
+    if draft_plan is not None:
+        from iiet.models.speculative import resolve_draft
+
+        resolve_draft(network.config, draft_plan)  # IIETError naming the fix for a plan this model cannot draft with
+        draft = {"draft_plan": draft_plan, "num_draft_tokens": num_draft_tokens}
+    return ServedModel(model, network.to(torch_device).eval(), tokenizer, draft)
 
 
 def serve(
@@ -87,6 +101,8 @@ def serve(
     num_iterations: int | None = None,
     iteration_plan: list[int] | None = None,
     adaptive_tolerance: float | None = None,
+    draft_plan: str | None = None,
+    num_draft_tokens: int = 4,  # iiet.models.speculative.DEFAULT_DRAFT_TOKENS (not imported: --help needs no torch)
     log_level: str = "warning",
 ) -> None:
     """Serve a checkpoint behind an OpenAI-compatible API (transformers serve's app) until Ctrl+C.
@@ -109,6 +125,10 @@ def serve(
         iteration_plan: IIET checkpoints only: corrections per layer, one number per layer, e.g. [0,2,2,1].
         adaptive_tolerance: IIET checkpoints only: stop correcting a token at a layer once 1 - cos between its
             successive iterates is below this (docs/adaptive.md); 0 runs every correction.
+        draft_plan: Decode by exact self-speculative decoding, drafting with this cheaper plan of the same weights:
+            lower-bound, e-iiet:PLAN.json, adaptive[:TOL] or corrections per layer "r0,r1,..." (same greedy text,
+            same sampling distribution; streamed answers then arrive whole, and stop/frequency_penalty are refused).
+        num_draft_tokens: Tokens the draft proposes per verification round (with --draft_plan).
         log_level: Server log level: critical, error, warning, info, debug or trace.
     """
     from transformers.utils.import_utils import is_serve_available
@@ -125,12 +145,16 @@ def serve(
     if not Path(model).expanduser().is_dir():
         raise IIETError(f"checkpoint {model} does not exist (expected a directory saved with save_pretrained)")
     overrides = scheme_overrides(num_iterations, iteration_plan, adaptive_tolerance)
+    if num_draft_tokens < 1:
+        raise IIETError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
     sock = bind_socket(host, port)
-    served = load_served(model, device, dtype, overrides)
+    served = load_served(model, device, dtype, overrides, draft_plan, num_draft_tokens)
     host, port = sock.getsockname()[:2]
     what = served.model.config.model_type
     if hasattr(served.model, "num_block_evaluations"):  # an iiet model (any AutoModelForCausalLM loads)
         what += f", {served.model.config.scheme['name']}, {served.model.num_block_evaluations()} block evaluations/token"
+    if served.draft:
+        what += f", self-speculative: {num_draft_tokens} draft tokens per round with plan {draft_plan}"
     print(f"serving {model} ({what}, context {served.context_length}) at http://{host}:{port}/v1; Ctrl+C stops", flush=True)
     try:
         uvicorn.Server(uvicorn.Config(build_app(served), log_level=log_level)).run(sockets=[sock])
