@@ -111,6 +111,20 @@ def test_model_specs():
             parse_spec(bad, "tiny")
 
 
+def test_draft_model_specs(tmp_path):
+    spec = parse_spec("iiet+draft=lower-bound:k=6", "tiny")
+    assert (spec.draft, spec.num_draft_tokens, spec.label) == ("lower-bound", 6, "IIET (r=3) + draft lower-bound (k=6)")
+    assert spec.config.scheme == parse_spec("iiet", "tiny").config.scheme  # the verifier is the plain model
+    assert parse_spec("cpu-small:iiet=2+draft", "tiny").num_draft_tokens == 4  # defaults: lower-bound, k = 4
+    assert parse_spec("iiet+draft=0,1,0,0", "tiny").draft == "0,1,0,0"
+    checkpoint = tmp_path / "run" / "final"
+    IIETForCausalLM(build_config("tiny", {"name": "iiet", "num_iterations": 1})).save_pretrained(checkpoint)
+    assert parse_spec(f"{checkpoint}+draft=adaptive:0.01:k=2", "tiny").label == "run + draft adaptive:0.01 (k=2)"
+    for bad in ("+draft", "iiet+draft:k=0", "iiet+draft=0,1", "transformer+++draft", "iiet+draft=lower-bound:k=x"):
+        with pytest.raises(IIETError):
+            parse_spec(bad, "tiny")
+
+
 MODEL_FIELDS = {"label", "spec", "source", "preset", "scheme", "num_layers", "parameters", "block_evaluations",
                 "flops_per_token", "kv_bytes_per_token", "kv_bytes_per_token_analytic", "weights_bytes", "batches",
                 "baseline", "ideal_ratio", "flop_ratio"}
@@ -122,7 +136,8 @@ BATCH_FIELDS = {"prefill_s", "decode_s", "prefill_tokens_per_s", "decode_tokens_
 def test_bench_writes_a_complete_report(tmp_path, capsys):
     checkpoint = tmp_path / "my-iiet"
     IIETForCausalLM(build_config("tiny", {"name": "iiet", "num_iterations": 1})).save_pretrained(checkpoint)
-    models = ["transformer++", "pcformer", "iiet", "e-iiet", "lower-bound", "adaptive", str(checkpoint)]
+    models = ["transformer++", "pcformer", "iiet", "e-iiet", "lower-bound", "adaptive", str(checkpoint),
+              f"{checkpoint}+draft=lower-bound:k=2"]
     bench(models=models, preset="tiny", batch_sizes=[1, 2], prompt_len=4, new_tokens=2, repeats=1,
           device="cpu", cuda_graphs=True, output_dir=str(tmp_path / "out"))  # the graph step runs eagerly on CPU
     out = capsys.readouterr().out
@@ -130,7 +145,7 @@ def test_bench_writes_a_complete_report(tmp_path, capsys):
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [m["label"] for m in result["models"]] == [
         "Transformer++", "PCformer", "IIET (r=3)", "E-IIET (sum r=2)", "Lower Bound", "IIET adaptive (tol=0.001)",
-        "my-iiet"]
+        "my-iiet", "my-iiet + draft lower-bound (k=2)"]
     for m in result["models"]:
         assert MODEL_FIELDS <= m.keys(), MODEL_FIELDS - m.keys()
         assert m["baseline"] == "Transformer++"
@@ -143,6 +158,15 @@ def test_bench_writes_a_complete_report(tmp_path, capsys):
     assert ("IIET (r=3)", "decode") in kinds and ("Lower Bound", "decode") in kinds
     assert ("E-IIET (sum r=2)", "decode") in kinds and ("PCformer", "KV") in kinds
     assert all(t["passed"] for t in result["targets"] if t["target"].startswith("KV"))
+    # The drafted model: its own table (random weights flagged), its acceptance, the same tokens as plain decoding.
+    drafted = result["models"][-1]
+    assert drafted["plain"] == "my-iiet" and drafted["draft"]["plan"] == [0, 0, 0, 0]
+    for batch in drafted["batches"].values():
+        spec = batch["speculative"]
+        assert spec["identical_tokens"] and 0 <= spec["acceptance_rate"] <= 1 and 1 <= spec["tokens_per_verify"] <= 3
+        assert spec["speedup_vs_plain"] > 0 and set(spec["ms_per_round"]) == {"draft", "verify", "other"}
+    assert ("my-iiet + draft lower-bound (k=2)", "greedy") in kinds
+    assert sum(line.startswith("| my-iiet + draft lower-bound (k=2) | checkpoint |") for line in out.splitlines()) == 2
     assert (tmp_path / "out" / "decode_vs_iterations.png").stat().st_size > 0
     assert (tmp_path / "out" / "results.md").read_text().strip() in out
 

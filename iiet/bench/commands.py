@@ -77,7 +77,8 @@ def render(result: dict[str, Any]) -> str:
     """The Markdown report: settings line, Table 3, targets."""
     s, m = result["settings"], result["machine"]
     where = m.get("gpu") or m.get("cpu")
-    return "\n\n".join([
+    speculative = report.speculative_table(result["models"], s["batch_sizes"])
+    return "\n\n".join(part for part in [
         f"Inference benchmark on {where} ({m['device']}, {m['dtype']}, torch {m['torch']}): prompt {s['prompt_len']} "
         f"tokens, {s['new_tokens']} decoded tokens, median of {s['repeats']} interleaved runs"
         + (", decode step compiled" if s["compile"] else "")
@@ -89,8 +90,12 @@ def render(result: dict[str, Any]) -> str:
         "timed back to back in this run). FLOPs: forward matmul FLOPs per decoded "
         "token at the mean decode context. Peak memory: weights + KV cache + measured transient memory on GPU; "
         "weights + allocated KV cache on CPU (analytic).",
+        speculative and "Self-speculative decoding (the same weights draft with a cheaper plan, the full model "
+        "verifies; docs/benchmarks.md): acceptance = drafted tokens kept; tokens / verify = tokens emitted per verify "
+        "forward per row; vs plain = paired speed ratio against the same weights decoded without a draft.\n\n"
+        + speculative,
         report.targets_table(result["targets"]),
-    ])
+    ] if part)
 
 
 def bench(
@@ -115,7 +120,10 @@ def bench(
     Args:
         models: model specs ``[PRESET:]NAME[=VALUE]`` with NAME one of ``transformer++``, ``dlcl``,
             ``pcformer[=order]``, ``iiet[=r]``, ``e-iiet[=r0,r1,...]`` (default: an uneven plan keeping the paper's
-            15/72 of the corrections), ``lower-bound``, ``trans-ws[=repeats]``; or a checkpoint directory.
+            15/72 of the corrections), ``lower-bound``, ``trans-ws[=repeats]``; or a checkpoint directory. Append
+            ``+draft[=DRAFT][:k=K]`` to decode by exact self-speculative decoding: the same weights draft ``K``
+            tokens per round (default 4) with the cheaper plan ``DRAFT`` (``lower-bound`` (default),
+            ``e-iiet:PLAN.json``, ``adaptive[:TOL]``, ``r0,r1,...``), e.g. ``iiet+draft=lower-bound:k=4``.
         preset: model size for specs without their own ``PRESET:`` (tiny, cpu-small, 55M, 340M, 740M).
         batch_sizes: batch sizes to sweep; default 1, 8, 32 on GPU and 1, 4 on CPU.
         prompt_len: prompt tokens per row (prefill length).

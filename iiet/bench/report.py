@@ -6,7 +6,9 @@ targets:
 * IIET (r=3) decode >= 0.25x Transformer++ (it evaluates every block 4 times);
 * Lower Bound (a plan of zeros: DLCL structure) decode >= 0.95x;
 * any other IIET plan (E-IIET) decode >= 0.9x its *ideal* ratio ``L / block evaluations``;
-* KV-cache bytes per token exactly ``block evaluations / L`` times Transformer++'s (one slot per evaluation).
+* KV-cache bytes per token exactly ``block evaluations / L`` times Transformer++'s (one slot per evaluation);
+* a model decoded by self-speculative decoding (``SPEC+draft=...``): decode >= 0.5x Transformer++, and greedy tokens
+  identical to plain decoding of the same weights.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import statistics
 from typing import Any
 
 IIET_R3_TARGET = 0.25
+SPECULATIVE_TARGET = 0.5
 LOWER_BOUND_TARGET = 0.95
 E_IIET_FRACTION_OF_IDEAL = 0.9
 MIB = 2**20
@@ -50,13 +53,43 @@ def _baseline(result: dict[str, Any], results: list[dict[str, Any]]) -> dict[str
     return next((r for r in results if r["scheme"]["name"] == "euler" and r["size"] == result["size"]), None)
 
 
+def _plain(result: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The same weights decoded without a draft, if the run has them."""
+    return next((r for r in results if not r.get("draft") and r["source"] == result["source"]
+                 and r["scheme"] == result["scheme"] and r["size"] == result["size"]), None)
+
+
+def _speculative_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    targets = []
+    for B, batch in result["batches"].items():
+        spec = batch["speculative"]
+        targets.append({"model": result["label"], "batch_size": B, "target": "greedy tokens = plain decoding",
+                        "value": spec["identical_tokens"], "threshold": True, "passed": spec["identical_tokens"]})
+        if "decode_ratio" in batch:
+            targets.append({
+                "model": result["label"], "batch_size": B, "target": f"decode >= {SPECULATIVE_TARGET}x Transformer++",
+                "value": batch["decode_ratio"], "quartiles": batch["decode_ratio_quartiles"],
+                "threshold": SPECULATIVE_TARGET, "passed": batch["decode_ratio"] >= SPECULATIVE_TARGET,
+            })
+    return targets
+
+
 def compare(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add ratios vs the same-size Transformer++ to every result; return the list of target checks."""
     targets = []
     for result in results:
         base = _baseline(result, results)
         result["baseline"] = base["label"] if base else None
+        plain = _plain(result, results) if result.get("draft") else None
+        result["plain"] = plain["label"] if plain else None
+        if plain is not None:
+            for B, batch in result["batches"].items():
+                speedups = paired_ratios(plain["batches"][B]["decode_s"], batch["decode_s"])
+                batch["speculative"]["speedup_vs_plain"] = statistics.median(speedups)
+                batch["speculative"]["speedup_vs_plain_quartiles"] = _quartiles(speedups)
         if base is None:
+            if result.get("draft"):
+                targets += _speculative_targets(result)
             continue
         result["ideal_ratio"] = base["block_evaluations"] / result["block_evaluations"]
         result["flop_ratio"] = base["flops_per_token"] / result["flops_per_token"]
@@ -66,6 +99,9 @@ def compare(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             batch["decode_ratio_quartiles"] = _quartiles(paired_ratios(ref["decode_s"], batch["decode_s"]))
             batch["prefill_ratio"] = paired_ratio(ref["prefill_s"], batch["prefill_s"])
         if result is base:
+            continue
+        if result.get("draft"):
+            targets += _speculative_targets(result)
             continue
         evals, layers = result["block_evaluations"], base["num_layers"]
         kv, kv_base = result["kv_bytes_per_token"], base["kv_bytes_per_token"]
@@ -118,13 +154,49 @@ def markdown_table(results: list[dict[str, Any]], batch_sizes: list[int]) -> str
     return "\n".join(lines)
 
 
+def speculative_table(results: list[dict[str, Any]], batch_sizes: list[int]) -> str | None:
+    """Self-speculative decoding per model and batch: acceptance, tokens per verify forward, speed, time per round.
+
+    ``None`` when no model of the run has a draft.
+    """
+    drafted = [r for r in results if r.get("draft")]
+    if not drafted:
+        return None
+    lines = ["| model | weights | batch | acceptance | tokens / verify | decode tok/s | vs plain (quartiles) | "
+             "vs Transformer++ | ms per round: draft / verify / other | greedy tokens = plain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    random = False
+    for r in drafted:
+        weights = "random*" if r["source"] == "random weights" else "checkpoint"
+        random = random or weights == "random*"
+        for B in batch_sizes:
+            b = r["batches"][B]
+            s = b["speculative"]
+            ms = s["ms_per_round"]
+            vs_plain = (f"{s['speedup_vs_plain']:.2f}x ({s['speedup_vs_plain_quartiles'][0]:.2f}-"
+                        f"{s['speedup_vs_plain_quartiles'][1]:.2f})" if "speedup_vs_plain" in s else "-")
+            lines.append(
+                f"| {r['label']} | {weights} | {B} | {s['acceptance_rate']:.3f} | {s['tokens_per_verify']:.2f} | "
+                f"{b['decode_tokens_per_s']:.1f} | {vs_plain} | "
+                + (f"{b['decode_ratio']:.2f}x" if "decode_ratio" in b else "-")
+                + f" | {ms['draft']:.1f} / {ms['verify']:.1f} / {ms['other']:.1f} | "
+                f"{'yes' if s['identical_tokens'] else 'NO'} |"
+            )
+    if random:
+        lines.append("\n\\* Random weights: the acceptance (and so the speed) of a draft is meaningless there, "
+                     "since a random model's plans agree or disagree by accident; measure a trained checkpoint.")
+    return "\n".join(lines)
+
+
 def targets_table(targets: list[dict[str, Any]]) -> str:
     if not targets:
         return "(no targets: the run has no Transformer++ of the same size to compare with)"
     lines = ["| model | target | batch | measured (quartiles over repetitions) | needed | result |",
              "|---|---|---|---|---|---|"]
     for t in targets:
-        if t["batch_size"] is None:
+        if isinstance(t["value"], bool):
+            measured, needed = ("yes" if t["value"] else "no"), "yes"
+        elif t["batch_size"] is None:
             measured, needed = f"{t['value']} B", f"{t['threshold']:.0f} B"
         else:
             q1, q3 = t["quartiles"]
@@ -145,7 +217,7 @@ def plot_iterations(results: list[dict[str, Any]], batch_sizes: list[int], path:
     import matplotlib.pyplot as plt
 
     family = sorted(
-        (r for r in results if _corrections(r) is not None and r.get("baseline")),
+        (r for r in results if _corrections(r) is not None and r.get("baseline") and not r.get("draft")),
         key=lambda r: r["block_evaluations"],
     )
     if not family:

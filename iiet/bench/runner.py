@@ -5,6 +5,10 @@ repetition (the starting model rotates), so a burst of load on a shared machine 
 median of the repetitions is reported. A run = reset the model's ``SlotCache`` (allocated once per batch size),
 time the prefill of a ``(B, prompt_len)`` random prompt, then time ``new_tokens`` greedy decode steps.
 The decode step runs eagerly, compiled (``torch.compile``) or replayed from a CUDA graph (``graphs.py``).
+A model with a draft (``SPEC+draft=...``) decodes the same ``new_tokens`` by self-speculative decoding
+(``iiet.models.speculative``, eager): its decoder holds both caches, and each run also records the acceptance,
+the tokens per verify forward and the time split into draft, verify and the rest; the warm-up run checks that its
+greedy tokens equal plain decoding's.
 On CUDA the clock is read after ``torch.cuda.synchronize()`` and the transient memory of each run is measured with
 ``torch.cuda.max_memory_allocated``; on CPU memory is reported analytically (weights + allocated cache).
 """
@@ -25,8 +29,9 @@ from transformers import AutoModelForCausalLM
 from iiet.models.cache import SlotCache
 from iiet.models.costs import flops_per_token, kv_cache_bytes_per_token
 from iiet.models.modeling_iiet import IIETForCausalLM
+from iiet.models.speculative import SpeculativeDecoder, SpeculativeStats, resolve_draft, speculative_max_length
 
-from .generation import decode, decode_step, prefill
+from .generation import decode, decode_step, generate_fast, prefill
 from .graphs import GraphDecodeStep
 from .specs import ModelSpec
 
@@ -90,10 +95,24 @@ def _weights_bytes(model: torch.nn.Module) -> int:
     return sum(t.nbytes for t in tensors.values())
 
 
+def _decoder(entry: Entry, batch_size: int, settings: Settings) -> SpeculativeDecoder:
+    """The self-speculative decoder of a draft entry: both caches, sized for one prefill and ``new_tokens`` more."""
+    k = entry.spec.num_draft_tokens
+    length = speculative_max_length(settings.prompt_len, settings.new_tokens + 1, k, batch_size)
+    return SpeculativeDecoder(entry.model, entry.spec.draft, k, batch_size, length, profile=True)
+
+
 def describe(entry: Entry, settings: Settings) -> dict[str, Any]:
     """What the model is and costs per token (analytic), independent of timing."""
     config = entry.model.config
     cache = SlotCache.for_model(entry.model, 1, 1)  # a one-position cache: its bytes per token, as allocated
+    kv_bytes, draft = cache.bytes_per_token(), None
+    if entry.spec.draft is not None:
+        plan = resolve_draft(config, entry.spec.draft)
+        draft = {"spec": entry.spec.draft, "label": plan.label, "plan": list(plan.iteration_plan),
+                 "adaptive_tolerance": plan.adaptive_tolerance, "num_draft_tokens": entry.spec.num_draft_tokens,
+                 "block_evaluations": plan.num_slots}
+        kv_bytes += kv_bytes * plan.num_slots // config.num_block_evaluations  # the draft's own slots beside
     decode_context = settings.prompt_len + (settings.new_tokens + 1) / 2  # mean keys a decoded token attends to
     return {
         "label": entry.spec.label,
@@ -106,32 +125,61 @@ def describe(entry: Entry, settings: Settings) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in entry.model.parameters()),
         "block_evaluations": config.num_block_evaluations,
         "flops_per_token": flops_per_token(config, round(decode_context)),
-        "kv_bytes_per_token": cache.bytes_per_token(),
+        "kv_bytes_per_token": kv_bytes,
         "kv_bytes_per_token_analytic": kv_cache_bytes_per_token(config, settings.dtype),
         "weights_bytes": _weights_bytes(entry.model),
         "size": [config.vocab_size, config.hidden_size, config.intermediate_size, config.num_hidden_layers,
                  config.num_attention_heads, config.num_key_value_heads],
+        "draft": draft,
     }
 
 
 @torch.inference_mode()
-def _run_once(entry: Entry, prompt: torch.Tensor, cache: SlotCache, settings: Settings) -> tuple[float, float, int]:
-    """One prefill + decode; returns (prefill seconds, decode seconds, transient CUDA bytes or 0)."""
+def _run_once(
+    entry: Entry, prompt: torch.Tensor, cache: SlotCache | SpeculativeDecoder, settings: Settings
+) -> tuple[float, float, int, SpeculativeStats | None, torch.Tensor]:
+    """One prefill + decode; returns (prefill seconds, decode seconds, transient CUDA bytes or 0, the speculative
+    decoder's statistics or ``None``, the new tokens)."""
     device = settings.device
-    cache.reset()
+    speculative = isinstance(cache, SpeculativeDecoder)
+    if not speculative:
+        cache.reset()  # the decoder resets itself in prefill
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         resident = torch.cuda.memory_allocated(device)
     _sync(device)
     t0 = time.perf_counter()
-    token = prefill(entry.model, prompt, cache)
+    token = cache.prefill(prompt) if speculative else prefill(entry.model, prompt, cache)
     _sync(device)
     t1 = time.perf_counter()
-    decode(entry.model, token, cache, settings.new_tokens, step=entry.step)
+    if speculative:
+        rest = cache.decode(settings.new_tokens)
+    else:
+        rest = decode(entry.model, token, cache, settings.new_tokens, step=entry.step)
     _sync(device)
     t2 = time.perf_counter()
     transient = torch.cuda.max_memory_allocated(device) - resident if device.type == "cuda" else 0
-    return t1 - t0, t2 - t1, transient
+    return t1 - t0, t2 - t1, transient, cache.stats if speculative else None, torch.cat([token, rest], 1)
+
+
+def _cache_bytes(cache: SlotCache | SpeculativeDecoder) -> int:
+    if isinstance(cache, SpeculativeDecoder):
+        return cache.cache.nbytes + cache.draft_cache.nbytes
+    return cache.nbytes
+
+
+def _speculative_summary(stats: list[SpeculativeStats], identical: bool) -> dict[str, Any]:
+    """Acceptance, tokens per verify forward and the time per round, over the timed runs."""
+    total = SpeculativeStats()
+    for one in stats:
+        for name in ("rounds", "draft_forwards", "row_rounds", "drafted", "accepted", "emitted", "compactions"):
+            setattr(total, name, getattr(total, name) + getattr(one, name))
+        for phase, seconds in one.seconds.items():
+            total.seconds[phase] += seconds
+    summary = total.to_dict()
+    summary["ms_per_round"] = {phase: 1e3 * s / total.rounds for phase, s in total.seconds.items()}
+    summary["identical_tokens"] = identical
+    return summary
 
 
 def _decode_step(settings: Settings):
@@ -151,10 +199,14 @@ def measure(entries: list[Entry], settings: Settings, log=print) -> None:
     for B in settings.batch_sizes:
         prompt = torch.randint(1, vocab, (B, settings.prompt_len), generator=torch.Generator().manual_seed(PROMPT_SEED))
         prompt = prompt.to(settings.device)
-        caches = [SlotCache.for_model(e.model, B, max_length) for e in entries]
+        caches = [
+            _decoder(e, B, settings) if e.spec.draft is not None else SlotCache.for_model(e.model, B, max_length)
+            for e in entries
+        ]
         for entry in entries:  # compiled or captured during the warm-up run
             entry.step = _decode_step(settings)
-        runs: list[list[tuple[float, float, int]]] = [[] for _ in entries]
+        runs: list[list[tuple]] = [[] for _ in entries]
+        identical = [True] * len(entries)
         started = time.perf_counter()
         for rep in range(WARMUP_RUNS + settings.repeats):
             first = rep % len(entries)  # rotate who goes first
@@ -162,23 +214,29 @@ def measure(entries: list[Entry], settings: Settings, log=print) -> None:
                 result = _run_once(entries[k], prompt, caches[k], settings)
                 if rep >= WARMUP_RUNS:
                     runs[k].append(result)
-        for entry, cache, timings in zip(entries, caches, runs):
+                elif entries[k].spec.draft is not None:  # untimed: the draft must not change the greedy tokens
+                    plain = generate_fast(entries[k].model, prompt, settings.new_tokens + 1)[:, settings.prompt_len :]
+                    identical[k] = torch.equal(result[4], plain)
+        for entry, cache, timings, same in zip(entries, caches, runs, identical):
             prefill_s = [t[0] for t in timings]
             decode_s = [t[1] for t in timings]
             transient = max(t[2] for t in timings)
             weights = _weights_bytes(entry.model)
             measured = settings.device.type == "cuda"
+            cache_bytes = _cache_bytes(cache)
             entry.batches[B] = {
                 "prefill_s": prefill_s,
                 "decode_s": decode_s,
                 "prefill_tokens_per_s": B * settings.prompt_len / statistics.median(prefill_s),
                 "decode_tokens_per_s": B * settings.new_tokens / statistics.median(decode_s),
                 "decode_ms_per_step": 1e3 * statistics.median(decode_s) / settings.new_tokens,
-                "kv_cache_bytes": cache.nbytes,
+                "kv_cache_bytes": cache_bytes,
                 "activation_peak_bytes": transient if measured else None,
-                "peak_memory_bytes": weights + cache.nbytes + transient,
+                "peak_memory_bytes": weights + cache_bytes + transient,
                 "memory_measured": measured,
             }
+            if entry.spec.draft is not None:
+                entry.batches[B]["speculative"] = _speculative_summary([t[3] for t in timings], same)
         del caches
         for entry in entries:
             entry.step = decode_step

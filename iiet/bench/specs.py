@@ -15,17 +15,24 @@ spec                    scheme                                                  
 ======================  ===========================================================  =================
 
 ``PRESET:`` (e.g. ``55M:iiet``) overrides the benchmark's preset for that model.
+
+``SPEC+draft[=DRAFT][:k=K]`` decodes the model of ``SPEC`` by exact self-speculative decoding
+(``iiet.models.speculative``): the same weights draft ``K`` tokens per round (default 4) with the cheaper plan
+``DRAFT`` (default ``lower-bound``; or ``e-iiet:PLAN.json``, ``adaptive[:TOL]``, ``r0,r1,...``), e.g.
+``iiet+draft=lower-bound:k=4`` or ``runs/iiet/final+draft:k=6``.
 """
 
 from __future__ import annotations
 
 import pathlib
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 from iiet.errors import IIETError
 from iiet.models.configuration_iiet import IIETConfig
 from iiet.models.presets import PRESETS, build_config
+from iiet.models.speculative import DEFAULT_DRAFT_TOKENS, resolve_draft
 
 # E-IIET at 340M keeps 15 of the 72 corrections of IIET r=3 (§4.1); the default plan keeps the same fraction.
 PAPER_E_IIET_KEPT = 15 / 72
@@ -51,6 +58,8 @@ class ModelSpec:
     config: IIETConfig | None = None
     checkpoint: str | None = None
     preset: str | None = None
+    draft: str | None = None  # decode by self-speculative decoding with this draft plan ...
+    num_draft_tokens: int | None = None  # ... drafting this many tokens per round
 
 
 def _int(value: str, spec: str) -> int:
@@ -92,8 +101,28 @@ def _scheme(name: str, value: str | None, num_layers: int, spec: str) -> tuple[d
     )
 
 
+DRAFT_SUFFIX = "+draft"
+DRAFT_OPTIONS = re.compile(r"(?:=(?P<draft>.+?))?(?::k=(?P<k>\d+))?")
+
+
 def parse_spec(spec: str, preset: str) -> ModelSpec:
     """Turn one spec string into a ``ModelSpec`` (see the module docstring)."""
+    base, suffix, options = spec.partition(DRAFT_SUFFIX)
+    if not suffix:
+        return _parse_model(spec, preset)
+    match = DRAFT_OPTIONS.fullmatch(options)
+    if not base or match is None or match["k"] == "0":
+        raise IIETError(f"model spec {spec!r}: write SPEC+draft[=DRAFT][:k=K], e.g. iiet+draft=lower-bound:k=4 "
+                        "(K >= 1 drafted tokens per round).")
+    model = _parse_model(base, preset)
+    k = int(match["k"] or DEFAULT_DRAFT_TOKENS)
+    config = model.config or IIETConfig.from_pretrained(model.checkpoint)
+    draft = match["draft"] or "lower-bound"
+    label = resolve_draft(config, draft).label  # checked before any work
+    return replace(model, spec=spec, label=f"{model.label} + draft {label} (k={k})", draft=draft, num_draft_tokens=k)
+
+
+def _parse_model(spec: str, preset: str) -> ModelSpec:
     path = pathlib.Path(spec)
     if (path / "config.json").is_file():
         resolved = path.resolve()

@@ -102,7 +102,8 @@ def resolve_draft(config: IIETConfig, draft: Any) -> DraftPlan:
         if name == "lower-bound" and not value:
             plan, label = [0] * L, "lower-bound"
         elif name == "e-iiet" and value:
-            plan, label = _read_plan_file(value), f"e-iiet:{value}"
+            plan = _read_plan_file(value)
+            label = "e-iiet " + ",".join(map(str, plan))
         elif name == "adaptive":
             if not scheme.accepts_tolerance:
                 raise IIETError(f"draft_plan={draft!r}: adaptive corrections apply to iiet models, not "
