@@ -39,6 +39,7 @@ from iiet.models.configuration_iiet import IIETConfig, parse_scheme
 from iiet.models.export import special_token_ids
 from iiet.models.modeling_iiet import IIETForCausalLM
 from iiet.train.config import ModelConfig, TrainConfig
+from iiet.train.metrics import CROSS_ENTROPY
 from iiet.train.trainer import Trainer, run_training
 
 SCHEME_PREFIX = "model.scheme."  # parameters of the scheme module (history weights, norms, EMA coefficient)
@@ -250,7 +251,7 @@ class DistillationTrainer(Trainer):
         """Eq. 15 on one micro-batch; logs ``loss`` (the total), ``ce`` and the distillation terms in use."""
         need_states = self.alpha > 0
         out = model(input_ids=batch, labels=batch, use_cache=False, output_hidden_states=need_states)
-        metrics = {"ce": out.loss.detach()}
+        metrics = {CROSS_ENTROPY: out.loss.detach()}
         mse = kl = 0.0
         if self.alpha > 0 or self.beta > 0:  # with alpha = beta = 0 the teacher is not run at all
             with torch.no_grad():

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from iiet.iiad.influence import Influence
+from iiet.plotting import distinct_colors
 
 CELL_INCHES = 0.55  # heatmap cell width: room for a two-decimal annotation
 DARK_TEXT_FRACTION = 0.6  # cells darker than this fraction of the colour range get white text
@@ -57,18 +58,26 @@ def plot_iteration_influence(influence: Influence, path: str | Path, title: str 
 def plot_block_influence(
     influences: list[Influence], path: str | Path, labels: list[str] | None = None, title: str | None = None
 ) -> Path:
-    """Block influence per layer, one line per model (higher = the layer changes its input more)."""
-    plt = _pyplot()
+    """Draw ``block_influence_figure`` into ``path``."""
+    return _save(block_influence_figure(influences, labels, title), path)
+
+
+def block_influence_figure(influences: list[Influence], labels: list[str] | None = None, title: str | None = None):
+    """Block influence per layer, one line (and colour) per model (higher = the layer changes its input more);
+    legend: the paper's names of the models unless ``labels`` are given."""
+    from matplotlib.ticker import MaxNLocator
+
     labels = labels or [_model_label(x) for x in influences]
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for i, (influence, label) in enumerate(zip(influences, labels)):
-        axis.plot(range(len(influence.block)), influence.block, marker="o", markersize=3, color=f"C{i}", label=label)
+    figure, axis = _pyplot().subplots(figsize=(7, 4))
+    for influence, label, color in zip(influences, labels, distinct_colors(len(influences))):
+        axis.plot(range(len(influence.block)), influence.block, marker="o", markersize=3, color=color, label=label)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     axis.set_xlabel("layer index")
     axis.set_ylabel("block influence (1 - cos)")
     axis.grid(alpha=0.3)
     axis.legend()
     axis.set_title(title or "Block influence")
-    return _save(figure, path)
+    return figure
 
 
 def _model_label(influence: Influence) -> str:

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+# A run whose ``loss`` is not the plain next-token cross-entropy (distillation: CE + alpha MSE + beta KL) logs its
+# cross-entropy term under this name, so that plots compare cross-entropy with cross-entropy.
+CROSS_ENTROPY = "ce"
 # Record fields that are coordinates (x axes), not metrics: not written as TensorBoard scalars.
 COORDINATES = ("step", "tokens", "wall_time", "elapsed_s")
 

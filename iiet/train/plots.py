@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Literal
 
 from iiet.errors import IIETError
-from iiet.plotting import pyplot, save_figure
-from iiet.train.metrics import METRICS_FILE, read_metrics
+from iiet.plotting import distinct_colors, pyplot, save_figure
+from iiet.train.metrics import CROSS_ENTROPY, METRICS_FILE, read_metrics
 
 FEW_POINTS = 30  # curves with fewer points get markers: a lone point is invisible as a line
 SECONDS_PER = {"s": 1.0, "min": 60.0, "h": 3600.0}
@@ -28,10 +28,18 @@ def plot_loss_curves(
     labels: list[str] | None = None,
     x_axis: XAxis = "tokens",
 ) -> Path:
-    """Training (left) and validation (right) loss of ``runs`` (run directories or metrics.jsonl files).
+    """Draw ``loss_curves_figure`` of ``runs`` into ``output`` (PNG, PDF or SVG by its suffix)."""
+    return save_figure(loss_curves_figure(runs, labels, x_axis), output)
 
-    ``x_axis``: tokens seen, optimizer step, or ``time``: the wall time each run has spent training (``elapsed_s``
-    of metrics.jsonl; resumed runs count only their sessions), in seconds, minutes or hours by the longest run.
+
+def loss_curves_figure(runs: list[str], labels: list[str] | None = None, x_axis: XAxis = "tokens"):
+    """Training (left) and validation (right) cross-entropy of ``runs`` (run directories or metrics.jsonl files).
+
+    Every run has its own colour. A run whose training loss is more than cross-entropy (distillation) is drawn by
+    its cross-entropy term (``CROSS_ENTROPY``), marked "(CE term)" in the legend, so that both panels show what
+    their axis says. ``x_axis``: tokens seen, optimizer step, or ``time``: the wall time each run has spent training
+    (``elapsed_s`` of metrics.jsonl; resumed runs count only their sessions), in seconds, minutes or hours by the
+    longest run.
     """
     if labels is not None and len(labels) != len(runs):
         raise IIETError(f"got {len(labels)} labels for {len(runs)} runs; give one label per run or none.")
@@ -49,20 +57,26 @@ def plot_loss_curves(
                                 "plot it with --x_axis tokens or step.")
         unit = _time_unit(max(r.get(coordinate, 0.0) for records in all_records for r in records))
         scale, x_label = 1.0 / SECONDS_PER[unit], f"wall time spent training ({unit})"
-    plt = pyplot()
-    figure, (train_axis, val_axis) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for i, (metrics_file, records) in enumerate(zip(metrics_files, all_records)):
-        label = labels[i] if labels else metrics_file.parent.name
-        for axis, key in ((train_axis, "loss"), (val_axis, "val_loss")):
+    labels = labels or [run_label(f) for f in metrics_files]
+    figure, (train_axis, val_axis) = pyplot().subplots(1, 2, figsize=(11, 4), sharey=True)
+    for label, records, color in zip(labels, all_records, distinct_colors(len(runs))):
+        training = CROSS_ENTROPY if any(CROSS_ENTROPY in r for r in records) else "loss"
+        for axis, key in ((train_axis, training), (val_axis, "val_loss")):
             points = [(r[coordinate] * scale, r[key]) for r in records if key in r and coordinate in r]
             if points:
                 xs, ys = zip(*points)
                 few = key == "val_loss" or len(points) < FEW_POINTS
-                axis.plot(xs, ys, label=label, color=f"C{i}", marker="o" if few else None, markersize=3)
-    for axis, title in ((train_axis, "training loss"), (val_axis, "validation loss")):
+                shown = f"{label} (CE term)" if key == CROSS_ENTROPY else label
+                axis.plot(xs, ys, label=shown, color=color, marker="o" if few else None, markersize=3)
+    for axis, title in ((train_axis, "training cross-entropy"), (val_axis, "validation cross-entropy")):
         axis.set_title(title)
         axis.set_xlabel(x_label)
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize="small")
     train_axis.set_ylabel("cross-entropy (nats/token)")
-    return save_figure(figure, output)
+    return figure
+
+
+def run_label(metrics_file: Path) -> str:
+    """A run's legend name: its directory's name."""
+    return metrics_file.parent.name
