@@ -222,3 +222,16 @@ def test_a_single_repeat_of_weight_sharing_is_explicit_euler_and_exports(tmp_pat
 
     model = tiny_model({"name": "weight_shared", "repeats": 1})
     assert max_logit_difference(model, to_llama(model), TINY["vocab_size"]) < 1e-5
+
+
+def test_llama_export_of_an_older_checkpoint_takes_its_tokenizers_ids(data_dir, tmp_path, capsys):
+    from iiet.models.export import export
+
+    model = tiny_model("euler", vocab_size=VOCAB)  # LLaMA's bos=1, eos=2 (conftest's pad=0): saved before the fix
+    model.save_pretrained(tmp_path / "old")
+    AutoTokenizer.from_pretrained(data_dir / "tokenizer").save_pretrained(tmp_path / "old")
+    export(str(tmp_path / "old"), str(tmp_path / "llama"))
+    assert "taking the tokenizer's special-token ids" in capsys.readouterr().out
+    exported = LlamaForCausalLM.from_pretrained(tmp_path / "llama")
+    for config in (exported.config, exported.generation_config):
+        assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (0, 1, 2)

@@ -15,8 +15,8 @@ scheme computes something a LLaMA cannot (its ``beyond_llama`` says what) and is
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,14 +76,14 @@ def save_tokenizer(tokenizer, config, directory: str | Path) -> None:
     tokenizer.save_pretrained(str(directory))
 
 
-def save_pretrained_with_tokenizer(model, directory: str | Path, tokenizer=None, **save_kwargs: Any) -> None:
+def save_pretrained_with_tokenizer(model, directory: str | Path, tokenizer=None) -> None:
     """``model.save_pretrained(directory)`` plus its tokenizer, after checking they agree on the special tokens.
 
     The check runs before anything is written. Without a tokenizer only the model is saved.
     """
     if tokenizer is not None:
         check_special_tokens(model, tokenizer)
-    model.save_pretrained(str(directory), **save_kwargs)
+    model.save_pretrained(str(directory))
     if tokenizer is not None:
         save_tokenizer(tokenizer, model.config, directory)
 
@@ -180,9 +180,9 @@ def export(model: str, output_dir: str, to: Literal["llama"] = "llama") -> None:
         mismatches = special_token_mismatches(llama, token_ids)
         if mismatches:
             print(f"note: taking the tokenizer's special-token ids instead of {', '.join(mismatches)}")
-            for config in (llama.config, llama.generation_config):
+            for target in (llama.config, llama.generation_config):
                 for key, value in token_ids.items():
-                    setattr(config, key, value)
+                    setattr(target, key, value)
     difference = max_logit_difference(network, llama, network.config.vocab_size)
     if difference > LLAMA_EXPORT_TOLERANCE:
         raise RuntimeError(f"the LLaMA export differs from the model by {difference:.2e} in the logits; report this bug.")
