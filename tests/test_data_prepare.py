@@ -218,3 +218,36 @@ def test_parquet_source_is_streamed_by_record_batches(tmp_path):
     assert list(iter_documents(str(tmp_path / "data.parquet"), text_field="content")) == texts
     with pytest.raises(IIETError, match="no 'text' column"):
         list(iter_documents(str(tmp_path / "data.parquet")))
+
+
+def test_hugging_face_dataset_is_prepared_shard_by_shard(corpus, tokenizer_dir, tmp_path, monkeypatch):
+    import datasets
+
+    files = sorted(str(path) for path in corpus.glob("*.jsonl"))
+
+    def load_local(source, split, streaming):  # a streamed dataset with one shard per data file, no network
+        assert source == "hf:local/corpus" and streaming
+        return datasets.load_dataset("json", data_files=files, split=split, streaming=True)
+
+    monkeypatch.setattr("iiet.data.sources._load_hf_dataset", load_local)
+    meta = prepare_data(["hf:local/corpus"], str(tokenizer_dir), tmp_path / "hf", seq_len=SEQ_LEN, val_fraction=0.2,
+                        num_proc=2)
+    assert meta["num_shards"] == NUM_FILES and meta["sources"][0]["dataset"] == "local/corpus"
+    local = prepare_data([str(corpus)], str(tokenizer_dir), tmp_path / "local", seq_len=SEQ_LEN, val_fraction=0.2)
+    for split in ("train", "val"):
+        streamed, read = PackedDataset(tmp_path / "hf", split), PackedDataset(tmp_path / "local", split)
+        assert len(streamed) == len(read) > 0
+        assert all(torch.equal(streamed[index], read[index]) for index in range(len(read)))
+    assert meta["splits"]["train"]["num_documents"] == local["splits"]["train"]["num_documents"]
+
+
+def test_format_1_folders_are_still_read(tmp_path):
+    rows = np.arange(5 * SEQ_LEN, dtype=np.uint16).reshape(5, SEQ_LEN)
+    rows.tofile(tmp_path / "train.bin")
+    (tmp_path / "val.bin").write_bytes(b"")
+    split_info = {"num_sequences": 5, "num_tokens": 5 * SEQ_LEN, "num_documents": 3, "num_tokens_seen": 90}
+    meta = {"format_version": 1, "seq_len": SEQ_LEN, "vocab_size": 300, "dtype": "uint16",
+            "splits": {"train": split_info, "val": {**split_info, "num_sequences": 0, "num_tokens": 0}}}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    train = PackedDataset(tmp_path, "train")
+    assert len(train) == 5 and train[3].tolist() == rows[3].tolist() and len(PackedDataset(tmp_path, "val")) == 0
