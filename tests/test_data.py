@@ -24,7 +24,7 @@ from iiet.data import (
     prepare_data,
     train_tokenizer,
 )
-from iiet.data.prepare import is_validation_document
+from iiet.data.shards import is_validation_document
 from iiet.errors import IIETError
 
 TINY_VOCAB = 300
@@ -231,7 +231,7 @@ def test_interrupted_prepare_leaves_no_complete_looking_output(corpus, tokenizer
         yield from corpus[1][:40]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("iiet.data.prepare.iter_piece", interrupted)
+    monkeypatch.setattr("iiet.data.shards.iter_piece", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_data([str(corpus[0])], str(tokenizer_dir), tmp_path, seq_len=SEQ_LEN)
     assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == ["shards"]

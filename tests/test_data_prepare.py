@@ -17,9 +17,9 @@ import torch
 from transformers import AutoTokenizer
 
 import iiet.cli
-import iiet.data.prepare
+import iiet.data.shards
 from iiet.data import PackedDataset, iter_documents, prepare_data, train_tokenizer
-from iiet.data.prepare import is_validation_document, split_long_document
+from iiet.data.shards import is_validation_document, split_long_document
 from iiet.errors import IIETError
 
 SEQ_LEN = 16
@@ -90,14 +90,14 @@ def test_killed_preparation_resumes_to_byte_identical_output(corpus, tokenizer_d
     script = f"""
 import os, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
-import iiet.data.prepare as prepare, iiet.data.sources as sources
+import iiet.data.shards as shards, iiet.data.prepare as prepare, iiet.data.sources as sources
 sources._MIN_PIECE_BYTES = 1
-real = prepare._Job._pack
+real = shards.ShardTokenizer._pack
 def pack(job, token_ids, layout, writers):
     if writers["train"].path.name.startswith("00003"):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(job, token_ids, layout, writers)
-prepare._Job._pack = pack
+shards.ShardTokenizer._pack = pack
 prepare.prepare_data([{str(corpus)!r}], {str(tokenizer_dir)!r}, {str(killed)!r}, seq_len={SEQ_LEN},
                      val_fraction=0.2, num_proc=1)
 """
@@ -109,8 +109,8 @@ prepare.prepare_data([{str(corpus)!r}], {str(tokenizer_dir)!r}, {str(killed)!r},
     assert any(name.startswith("shards/00003.train.bin") and name.endswith(".tmp") for name in left)
 
     tokenized = []
-    real_tokenize = iiet.data.prepare._Job.tokenize
-    monkeypatch.setattr(iiet.data.prepare._Job, "tokenize",
+    real_tokenize = iiet.data.shards.ShardTokenizer.tokenize
+    monkeypatch.setattr(iiet.data.shards.ShardTokenizer, "tokenize",
                         lambda job, index, *args: tokenized.append(index) or real_tokenize(job, index, *args))
     _prepare(corpus, tokenizer_dir, killed, num_proc=1)
     assert tokenized == [3, 4, 5]  # finished shards are not redone
@@ -120,19 +120,19 @@ prepare.prepare_data([{str(corpus)!r}], {str(tokenizer_dir)!r}, {str(killed)!r},
 def test_failed_worker_keeps_finished_shards(corpus, tokenizer_dir, tmp_path, one_piece_per_file, monkeypatch):
     reference = tmp_path / "reference"
     _prepare(corpus, tokenizer_dir, reference, num_proc=1)
-    real_tokenize = iiet.data.prepare._Job.tokenize
+    real_tokenize = iiet.data.shards.ShardTokenizer.tokenize
 
     def failing(job, index, *args):
         if index == 4:
             raise IIETError("injected failure")
         return real_tokenize(job, index, *args)
 
-    monkeypatch.setattr(iiet.data.prepare._Job, "tokenize", failing)  # forked workers inherit the patch
+    monkeypatch.setattr(iiet.data.shards.ShardTokenizer, "tokenize", failing)  # forked workers inherit the patch
     output = tmp_path / "parallel"
     with pytest.raises(IIETError, match="injected failure"):
         _prepare(corpus, tokenizer_dir, output, num_proc=2)
     assert not (output / "meta.json").exists() and not list(output.rglob("*.tmp"))
-    monkeypatch.setattr(iiet.data.prepare._Job, "tokenize", real_tokenize)
+    monkeypatch.setattr(iiet.data.shards.ShardTokenizer, "tokenize", real_tokenize)
     _prepare(corpus, tokenizer_dir, output, num_proc=2)
     assert _tree(output) == _tree(reference)  # as many workers as wanted, the same bytes as one process
 
@@ -167,8 +167,8 @@ def test_long_documents_are_tokenized_in_chunks_exactly(tokenizer_dir, tmp_path,
 
     source = tmp_path / "long.txt"
     source.write_text(text.replace("x" * 500, "y"))  # one document, no word longer than a chunk
-    monkeypatch.setattr(iiet.data.prepare, "LONG_DOCUMENT_CHARS", 256)
-    monkeypatch.setattr(iiet.data.prepare, "_BATCH_CHARS", 1000)  # the document spans many tokenizer batches
+    monkeypatch.setattr(iiet.data.shards, "LONG_DOCUMENT_CHARS", 256)
+    monkeypatch.setattr(iiet.data.shards, "_BATCH_CHARS", 1000)  # the document spans many tokenizer batches
     meta = prepare_data([str(source)], str(tokenizer_dir), tmp_path / "out", seq_len=SEQ_LEN, val_fraction=0.0)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     expected = tokenizer.encode(source.read_text(), add_special_tokens=False) + [tokenizer.eos_token_id]

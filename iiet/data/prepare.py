@@ -12,62 +12,37 @@ exist, ``meta.json`` (the index) is written last. A split is the concatenation o
 into rows of ``seq_len`` (see :mod:`iiet.data.packed`): the same tokens as one process reading the sources in
 order, however many processes or nodes wrote the shards.
 
-Speed. Each worker hands batches of about 1 MiB of text to the Rust tokenizer (``encode_batch_fast``: no offsets)
-in a background thread, so reading, hashing and packing in Python overlap tokenization. With several workers each
-tokenizes single-threaded (one per core, no idle threads at the end of a batch); with one, Rust uses every core.
-
-Long documents. A document longer than 64 Ki characters is tokenized in chunks cut just before a space that
-starts a word; a probe checks at start-up that this tokenizer splits identically there (true for byte-level BPE
-and Metaspace tokenizers), otherwise long documents are tokenized whole. Memory stays bounded by the batch size
-rather than growing with the tokenizer's per-token bookkeeping of a whole 30 MB document.
-
-Text check. Local text files whose head is binary or not UTF-8 are refused before any work; while tokenizing, the
-share of U+FFFD (undecodable bytes) is counted per piece, warned about above 0.01% and refused above
-``max_replacement_share``.
+Tokenizing one piece (batches, long documents, the text check) is :mod:`iiet.data.shards`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import hashlib
 import json
 import multiprocessing
 import os
 import queue
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from iiet.data.packed import (
     FORMAT_VERSION, META_FILE, SHARDS_DIR, SPLITS, UINT16_VOCAB_LIMIT, PackedDataset, load_meta, tokenizer_hash,
     write_atomically,
 )
-from iiet.data.sources import (
-    REPLACEMENT_CHARACTER, Piece, check_text_file, file_sha256, iter_piece, list_pieces, source_fingerprint,
-)
+from iiet.data.shards import WARN_REPLACEMENT_SHARE, ShardTokenizer, chunking_is_exact, empty_record
+from iiet.data.sources import Piece, check_text_file, list_pieces, source_fingerprint
 from iiet.data.tokenizer import load_tokenizer
 from iiet.errors import IIETError
 
-LONG_DOCUMENT_CHARS = 1 << 16  # longer documents are tokenized in chunks of about this many characters
-_BATCH_CHARS = 1 << 20  # text per tokenizer call: enough for every Rust thread, small enough to bound memory
-_BATCH_DOCUMENTS = 1024
-_FLUSH_TOKENS = 1 << 22  # buffered tokens per split before they are written out
-_HASH_BITS = 64
-WARN_REPLACEMENT_SHARE = 1e-4  # more undecodable characters than this in a piece gets a warning
-_CHECK_AFTER_CHARS = 1 << 16  # judge a piece's replacement share once it has this many characters
 # Changing any of these must re-tokenize; everything else in meta.json is derived from them.
 _REUSE_KEYS = ("format_version", "tokenizer_hash", "seq_len", "sources", "val_fraction", "seed", "max_documents",
                "text_field")
-_CHUNK_PROBE = ("It's 1,000 km  long.\n\nThe river's   source (est. 1850) -- \"Größe\" 東京;\tnew line\n"
-                " leading space, trailing space \nx=y+2*z   end. Don't stop!? 12 34.5 don't ")
 
 
 def prepare_data(
@@ -152,7 +127,7 @@ def prepare_data(
 
     (output / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     (output / META_FILE).unlink(missing_ok=True)  # from here until the end, the folder must not look complete
-    job = _Job(output, loaded, settings, max_replacement_share, _chunking_is_exact(loaded))
+    job = ShardTokenizer(output, loaded, settings, max_replacement_share, chunking_is_exact(loaded))
     if max_documents is None:
         keys = [job.shard_key(piece, None) for piece in pieces]
         records = [job.finished(index, key) for index, key in enumerate(keys)]
@@ -162,295 +137,17 @@ def prepare_data(
             print(f"resuming: {len(pieces) - len(todo)} of {len(pieces)} shards already prepared (or by other nodes)")
         for index, record in _run(job, [(index, pieces[index], keys[index], None) for index in todo], num_proc):
             records[index] = record
-    else:
-        records = job.run_in_order(pieces, max_documents)
         for index, record in enumerate(records):  # other nodes may have finished theirs meanwhile
             if record is None:
                 records[index] = job.finished(index, keys[index])
+    else:
+        records = _run_in_order(job, pieces, max_documents)
     missing = [index for index, record in enumerate(records) if record is None]
     if missing:
         print(f"node {node_rank} of {num_nodes} is done; {len(missing)} of {len(pieces)} shards are still missing "
               "(other nodes): the last node to finish writes meta.json, or rerun with --num_nodes 1")
         return {**settings, "missing_shards": missing}
     return _write_index(output, settings, sources, pieces, records)
-
-
-def is_validation_document(text: str, seed: int, val_fraction: float) -> bool:
-    """Say whether a document belongs to the validation split (a deterministic function of seed and text).
-
-    A document goes to ``val`` when ``blake2b(seed, text) / 2**64 < val_fraction``: reproducible, independent of
-    source order and sharding, and identical duplicates always land in the same split.
-
-    Args:
-        text: The document.
-        seed: Seed of the split.
-        val_fraction: Probability that a document is held out.
-
-    Returns:
-        True for a validation document.
-    """
-    return val_fraction > 0.0 and _hash_fraction(text.encode("utf-8", errors="replace"), seed) < val_fraction
-
-
-def _hash_fraction(data: bytes, seed: int) -> float:
-    digest = hashlib.blake2b(data, digest_size=_HASH_BITS // 8, key=str(seed).encode()).digest()
-    return int.from_bytes(digest, "little") / (1 << _HASH_BITS)
-
-
-def split_long_document(text: str, chunk_chars: int = LONG_DOCUMENT_CHARS) -> tuple[list[str], int]:
-    """Cut a document into chunks of at most ~``chunk_chars`` characters, each but the first starting with a space
-    that follows a non-space and precedes one (where pre-tokenizers split anyway).
-
-    Args:
-        text: The document.
-        chunk_chars: Target chunk length.
-
-    Returns:
-        The chunks (concatenating to ``text``) and how many cuts found no such space in their window and were made
-        mid-word (a text without spaces, such as a long base64 blob).
-    """
-    chunks, hard_cuts, start = [], 0, 0
-    while len(text) - start > chunk_chars:
-        end = start + chunk_chars
-        cut = text.rfind(" ", start + chunk_chars // 2, end)
-        while cut > start and not _is_cut(text, cut):
-            cut = text.rfind(" ", start + chunk_chars // 2, cut)
-        if cut <= start:
-            cut, hard_cuts = end, hard_cuts + 1
-        chunks.append(text[start:cut])
-        start = cut
-    chunks.append(text[start:])
-    return chunks, hard_cuts
-
-
-def _is_cut(text: str, position: int) -> bool:
-    """A space between two non-spaces: pre-tokenizers (GPT-2's regex, Metaspace) start a new word there."""
-    return (text[position] == " " and 0 < position < len(text) - 1
-            and not text[position - 1].isspace() and not text[position + 1].isspace())
-
-
-def _chunking_is_exact(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether tokenizing a text in chunks cut by :func:`split_long_document` gives the tokens of the whole text."""
-    cuts = [0] + [position for position in range(len(_CHUNK_PROBE)) if _is_cut(_CHUNK_PROBE, position)]
-    chunks = [_CHUNK_PROBE[start:end] for start, end in zip(cuts, cuts[1:] + [len(_CHUNK_PROBE)])]
-    # One text per call: a batch call would start Rust's thread pool, which forked workers must not inherit.
-    encode = _encoder(tokenizer)
-    return [token for chunk in chunks for token in encode([chunk])[0]] == encode([_CHUNK_PROBE])[0]
-
-
-def _encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[str]], list[list[int]]]:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # straight to Rust, without offsets or a BatchEncoding we would throw away
-        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-
-        def encode_batch(batch: list[str]) -> list[list[int]]:
-            if len(batch) == 1:  # no thread pool for one text
-                return [backend.encode(batch[0], add_special_tokens=False).ids]
-            return [encoding.ids for encoding in encode(batch, add_special_tokens=False)]
-
-        return encode_batch
-    return lambda batch: tokenizer(batch, add_special_tokens=False, return_attention_mask=False,
-                                   verbose=False)["input_ids"]
-
-
-class _Job:
-    """What every worker needs to tokenize a piece into a shard (inherited by forked workers)."""
-
-    def __init__(self, output: Path, tokenizer: PreTrainedTokenizerBase, settings: dict[str, Any],
-                 max_replacement_share: float, chunk_long_documents: bool) -> None:
-        self.output, self.tokenizer, self.settings = output, tokenizer, settings
-        self.max_replacement_share = max_replacement_share
-        self.chunk_chars = LONG_DOCUMENT_CHARS if chunk_long_documents else None
-        self.dtype = np.dtype(settings["dtype"])
-        self.eos = settings["eos_token_id"]
-        self.report: Callable[[int, int, int], None] = lambda num_bytes, documents, tokens: None
-        self._shard_inputs = {key: settings[key] for key in
-                              ("format_version", "tokenizer_hash", "dtype", "eos_token_id", "text_field",
-                               "val_fraction", "seed")}
-
-    def shard_key(self, piece: Piece, document_limit: int | None) -> str:
-        """A digest of everything a shard's bytes depend on."""
-        files = [[file, file_sha256(file)] for file in piece.files]
-        description = {**self._shard_inputs, "piece": {**asdict(piece), "files": files},
-                       "document_limit": document_limit, "chunk_chars": self.chunk_chars}
-        return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
-
-    def path(self, index: int, suffix: str) -> Path:
-        return self.output / SHARDS_DIR / f"{index:05d}{suffix}"
-
-    def finished(self, index: int, key: str) -> dict[str, Any] | None:
-        """The record of shard ``index`` if it is complete, intact and made with ``key``."""
-        try:
-            record = json.loads(self.path(index, ".json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        if record.get("key") != key:
-            return None
-        for split in SPLITS:
-            file = self.path(index, f".{split}.bin")
-            if not file.is_file() or file.stat().st_size != record["splits"][split]["num_tokens"] * self.dtype.itemsize:
-                return None
-        return record
-
-    def run_in_order(self, pieces: list[Piece], max_documents: int) -> list[dict[str, Any] | None]:
-        """Pieces one after another until ``max_documents`` documents are read (pieces past it get empty records)."""
-        records, remaining = [], max_documents
-        progress = _Progress(None, max_documents)
-        self.report = progress.update
-        try:
-            for index, piece in enumerate(pieces):
-                if remaining == 0:
-                    records.append(_empty_record())
-                    continue
-                key = self.shard_key(piece, remaining)
-                record = self.finished(index, key) or self.tokenize(index, piece, key, remaining)
-                records.append(record)
-                remaining -= sum(record["splits"][split]["num_documents"] for split in SPLITS)
-        finally:
-            progress.close()
-        return records
-
-    def tokenize(self, index: int, piece: Piece, key: str, document_limit: int | None) -> dict[str, Any]:
-        """Tokenize one piece into shard ``index`` and return its record (written last)."""
-        writers = {split: _StreamWriter(self.path(index, f".{split}.bin"), self.dtype) for split in SPLITS}
-        counts = {"characters": 0, "replacement_characters": 0, "hard_cuts": 0}
-        bytes_reported = 0
-        try:
-            documents = _documents(iter_piece(piece, self.settings["text_field"]), document_limit)
-            with concurrent.futures.ThreadPoolExecutor(1) as encoder:
-                pending = None
-                for batch in self._batches(documents, counts):
-                    submitted = encoder.submit(self._encode, batch)  # tokenizes while we pack the previous batch
-                    if pending is not None:
-                        bytes_reported += self._pack(*pending.result(), writers)
-                    pending = submitted
-                    self._check_text(piece, counts)
-                if pending is not None:
-                    bytes_reported += self._pack(*pending.result(), writers)
-            self._check_text(piece, counts, final=True)
-            record = {"key": key, "piece": piece.describe(), "document_limit": document_limit, **counts,
-                      "splits": {split: writer.commit() for split, writer in writers.items()}}
-        except BaseException:
-            for writer in writers.values():
-                writer.abort()
-            raise
-        write_atomically(self.path(index, ".json"), (json.dumps(record, indent=1) + "\n").encode())
-        if piece.num_bytes is not None and piece.num_bytes > bytes_reported:  # markup and blank text count too
-            self.report(piece.num_bytes - bytes_reported, 0, 0)
-        return record
-
-    def _batches(self, documents: Iterable[str], counts: dict[str, int]) -> Iterator[tuple[list[str], list]]:
-        """Batches of text chunks, with per document: (number of chunks, utf-8 size, validation?)."""
-        chunks: list[str] = []
-        layout: list[tuple[int, int, bool]] = []
-        num_chars = 0
-        seed, val_fraction = self.settings["seed"], self.settings["val_fraction"]
-        for text in documents:
-            counts["characters"] += len(text)
-            counts["replacement_characters"] += text.count(REPLACEMENT_CHARACTER)
-            data = text.encode("utf-8", errors="replace")
-            is_val = val_fraction > 0.0 and _hash_fraction(data, seed) < val_fraction
-            if self.chunk_chars is not None and len(text) > self.chunk_chars:
-                pieces, hard_cuts = split_long_document(text, self.chunk_chars)
-                counts["hard_cuts"] += hard_cuts
-            else:
-                pieces = [text]
-            for position, piece in enumerate(pieces):  # a long document may span batches: its chunks stay in order
-                chunks.append(piece)
-                num_chars += len(piece)
-                if num_chars >= _BATCH_CHARS and position < len(pieces) - 1:
-                    layout.append((len(chunks), -1, is_val))  # continued in the next batch
-                    yield chunks, layout
-                    chunks, layout, num_chars = [], [], 0
-            layout.append((len(chunks), len(data), is_val))
-            if num_chars >= _BATCH_CHARS or len(layout) >= _BATCH_DOCUMENTS:
-                yield chunks, layout
-                chunks, layout, num_chars = [], [], 0
-        if chunks:
-            yield chunks, layout
-
-    def _encode(self, batch: tuple[list[str], list]) -> tuple[list[list[int]], list]:
-        chunks, layout = batch
-        return _encoder(self.tokenizer)(chunks), layout
-
-    def _pack(self, token_ids: list[list[int]], layout: list, writers: dict[str, "_StreamWriter"]) -> int:
-        """Append each document's tokens and eos to its split; returns the utf-8 bytes of the finished documents."""
-        streams: dict[bool, list[int]] = {False: [], True: []}
-        documents = {False: 0, True: 0}
-        start, num_bytes = 0, 0
-        for end, size, is_val in layout:
-            stream = streams[is_val]
-            for ids in token_ids[start:end]:
-                stream.extend(ids)
-            start = end
-            if size >= 0:  # the document ends in this batch
-                stream.append(self.eos)
-                documents[is_val] += 1
-                num_bytes += size
-        for is_val, stream in streams.items():
-            writers["val" if is_val else "train"].add(np.array(stream, dtype=self.dtype), documents[is_val])
-        self.report(num_bytes, documents[False] + documents[True], len(streams[False]) + len(streams[True]))
-        return num_bytes
-
-    def _check_text(self, piece: Piece, counts: dict[str, int], final: bool = False) -> None:
-        characters, replaced = counts["characters"], counts["replacement_characters"]
-        if characters == 0 or (characters < _CHECK_AFTER_CHARS and not final):
-            return
-        share = replaced / characters
-        if share > self.max_replacement_share:
-            raise IIETError(f"{piece.describe()}: {share:.1%} of the characters are undecodable (not UTF-8 text); "
-                            "convert it to UTF-8 or drop it (pass --max_replacement_share 1 to tokenize it anyway)")
-        if final and share > WARN_REPLACEMENT_SHARE:
-            print(f"warning: {piece.describe()}: {share:.2%} of the characters are not UTF-8 (replaced by U+FFFD)")
-
-
-def _documents(texts: Iterable[str], limit: int | None) -> Iterator[str]:
-    count = 0
-    for text in texts:
-        if limit is not None and count >= limit:
-            return
-        if text.strip():
-            count += 1
-            yield text
-
-
-def _empty_record() -> dict[str, Any]:
-    empty = {"num_tokens": 0, "num_documents": 0}
-    return {"characters": 0, "replacement_characters": 0, "hard_cuts": 0, "splits": {s: dict(empty) for s in SPLITS}}
-
-
-class _StreamWriter:
-    """Appends token arrays to a temporary file named after this process; ``commit`` moves it into place."""
-
-    def __init__(self, path: Path, dtype: np.dtype) -> None:
-        self.path, self.dtype = path, dtype
-        self.temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        self.file = open(self.temporary, "wb")
-        self.pending: list[np.ndarray] = []
-        self.num_pending = self.num_tokens = self.num_documents = 0
-
-    def add(self, tokens: np.ndarray, num_documents: int) -> None:
-        self.pending.append(tokens)
-        self.num_pending += len(tokens)
-        self.num_tokens += len(tokens)
-        self.num_documents += num_documents
-        if self.num_pending >= _FLUSH_TOKENS:
-            self._flush()
-
-    def _flush(self) -> None:
-        for tokens in self.pending:
-            self.file.write(tokens.tobytes())
-        self.pending, self.num_pending = [], 0
-
-    def commit(self) -> dict[str, int]:
-        self._flush()
-        self.file.close()
-        os.replace(self.temporary, self.path)
-        return {"num_tokens": self.num_tokens, "num_documents": self.num_documents}
-
-    def abort(self) -> None:
-        self.file.close()
-        self.temporary.unlink(missing_ok=True)
 
 
 class _Progress:
@@ -473,11 +170,30 @@ class _Progress:
         self.bar.close()
 
 
-_job: _Job | None = None  # the job of forked workers
+_job: ShardTokenizer | None = None  # the job of forked workers
 _progress_queue: Any = None
 
 
-def _run(job: _Job, tasks: list[tuple[int, Piece, str, None]], num_proc: int | None
+def _run_in_order(job: ShardTokenizer, pieces: list[Piece], max_documents: int) -> list[dict[str, Any] | None]:
+    """Pieces one after another until ``max_documents`` documents are read (pieces past it get empty records)."""
+    records, remaining = [], max_documents
+    progress = _Progress(None, max_documents)
+    job.report = progress.update
+    try:
+        for index, piece in enumerate(pieces):
+            if remaining == 0:
+                records.append(empty_record())
+                continue
+            key = job.shard_key(piece, remaining)
+            record = job.finished(index, key) or job.tokenize(index, piece, key, remaining)
+            records.append(record)
+            remaining -= sum(record["splits"][split]["num_documents"] for split in SPLITS)
+    finally:
+        progress.close()
+    return records
+
+
+def _run(job: ShardTokenizer, tasks: list[tuple[int, Piece, str, None]], num_proc: int | None
          ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Tokenize the tasks' pieces, in worker processes when there are several; yield (index, record) as done."""
     sizes = [piece.num_bytes for _, piece, _, _ in tasks]
@@ -499,7 +215,7 @@ def _run(job: _Job, tasks: list[tuple[int, Piece, str, None]], num_proc: int | N
         progress.close()
 
 
-def _run_forked(job: _Job, tasks: list, workers: int, progress: _Progress) -> Iterator[tuple[int, dict[str, Any]]]:
+def _run_forked(job: ShardTokenizer, tasks: list, workers: int, progress: _Progress) -> Iterator[tuple[int, dict[str, Any]]]:
     # fork, not spawn: workers inherit the loaded tokenizer instead of re-importing torch and transformers
     # (seconds each). Safe because this process never ran the Rust thread pool before forking.
     global _job, _progress_queue
