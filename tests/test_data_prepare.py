@@ -64,8 +64,10 @@ def _prepare(corpus: Path, tokenizer_dir: Path, output: Path, **options) -> dict
     return prepare_data([str(corpus)], str(tokenizer_dir), output, seq_len=SEQ_LEN, val_fraction=0.2, **options)
 
 
-def test_shards_read_as_the_sequential_token_stream(corpus, tokenizer_dir, tmp_path, one_piece_per_file):
+def test_shards_read_as_the_sequential_token_stream(corpus, tokenizer_dir, tmp_path, one_piece_per_file, capsys):
     meta = _prepare(corpus, tokenizer_dir, tmp_path, num_proc=2)
+    progress = capsys.readouterr().err
+    assert "tokenizing" in progress and "tokens/s" in progress and "100%" in progress  # the bar, its rate and ETA
     assert meta["num_shards"] == NUM_FILES and len(meta["splits"]["train"]["shards"]) == NUM_FILES
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     documents = list(iter_documents(str(corpus)))
