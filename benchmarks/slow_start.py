@@ -20,24 +20,27 @@ import torch
 
 import iiet  # noqa: F401
 from iiet.data import PackedDataset
-from iiet.models.presets import PRESETS, explicit_first_layer
+from iiet.models.names import resolve
+from iiet.models.presets import PRESETS
 from iiet.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from iiet.train.trainer import Trainer
 
-R3 = {"name": "iiet", "num_iterations": 3}
 NAMES = ["transformer++", "iiet-r3", "iiet-r3-init0.1", "iiet-r3-emb16", "iiet-r3-normalized", "iiet-r3-explicit-first"]
 
 
 def variants(num_layers: int) -> dict[str, tuple[dict, dict, str]]:
-    """name -> (scheme, model config overrides, label)."""
+    """variant -> (scheme, model config overrides, label): a named model (iiet.models.names) and what it changes."""
+    def named(name: str, overrides: dict | None = None, change: str = "", **scheme_changes) -> tuple[dict, dict, str]:
+        model = resolve(name, num_layers)
+        return {**model.scheme, **scheme_changes}, overrides or {}, model.label + (f", {change}" if change else "")
+
     return {
-        "transformer++": ({"name": "euler"}, {}, "Transformer++"),
-        "iiet-r3": (R3, {}, "IIET r=3 (as in the paper)"),
-        "iiet-r3-init0.1": (R3, {"residual_init_scale": 0.1}, "IIET r=3, residual_init_scale 0.1"),
-        "iiet-r3-emb16": (R3, {"embedding_multiplier": 16.0}, "IIET r=3, embedding_multiplier 16"),
-        "iiet-r3-normalized": ({**R3, "history": "normalized"}, {}, "IIET r=3, normalized history"),
-        "iiet-r3-explicit-first": (explicit_first_layer(R3, num_layers), {},
-                                   "IIET r=3, explicit first layer (plan [0,3,...,3])"),
+        "transformer++": named("transformer++"),
+        "iiet-r3": named("iiet-r3", change="as in the paper"),
+        "iiet-r3-init0.1": named("iiet-r3", {"residual_init_scale": 0.1}, "residual_init_scale 0.1"),
+        "iiet-r3-emb16": named("iiet-r3", {"embedding_multiplier": 16.0}, "embedding_multiplier 16"),
+        "iiet-r3-normalized": named("iiet-r3", change="normalized history", history="normalized"),
+        "iiet-r3-explicit-first": named("iiet-r3-fl"),
     }
 
 

@@ -23,22 +23,27 @@ from pathlib import Path
 import torch
 
 import iiet  # noqa: F401
+from iiet.models.names import resolve
 from iiet.models.presets import build_config
 
-VARIANTS = {
-    "Transformer++": ({"name": "euler"}, False),
-    "PCformer": ({"name": "pcformer", "order": 2}, False),
-    "IIET r=3": ({"name": "iiet", "num_iterations": 3}, False),
-    "Transformer++ +ckpt": ({"name": "euler"}, True),
-    "IIET r=3 +ckpt": ({"name": "iiet", "num_iterations": 3}, True),
-}
-TARGETS = {"step_time": ("IIET r=3", 4.2), "peak_memory": ("IIET r=3 +ckpt", 1.5)}
+# Variants: a model name (iiet.models.names), with CHECKPOINTING appended for activation checkpointing.
+CHECKPOINTING = "+ckpt"
+VARIANTS = ["transformer++", "pcformer", "iiet-r3", f"transformer++{CHECKPOINTING}", f"iiet-r3{CHECKPOINTING}"]
+BASELINE = "transformer++"
+TARGETS = {"step_time": ("iiet-r3", 4.2), "peak_memory": (f"iiet-r3{CHECKPOINTING}", 1.5)}
+
+
+def scheme_and_label(variant: str, preset: str) -> tuple[dict, bool, str]:
+    """The variant's scheme, whether it checkpoints activations, and its label (the paper's name)."""
+    checkpointing = variant.endswith(CHECKPOINTING)
+    named = resolve(variant.removesuffix(CHECKPOINTING), build_config(preset).num_hidden_layers)
+    return named.scheme, checkpointing, named.label + (f" {CHECKPOINTING}" if checkpointing else "")
 
 
 def build(variant: str, preset: str, device: str):
     from transformers import AutoModelForCausalLM
 
-    scheme, checkpointing = VARIANTS[variant]
+    scheme, checkpointing, _ = scheme_and_label(variant, preset)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(build_config(preset, scheme)).to(device).train()
     if checkpointing:
@@ -96,7 +101,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per repetition")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=VARIANTS,
+                        help=f"model names (iiet bench --help lists them), {CHECKPOINTING} = activation checkpointing")
     parser.add_argument("--output", default="bench_results/training.json")
     args = parser.parse_args()
 
@@ -127,26 +133,28 @@ def main() -> None:
         peak = {v: cpu_memory(v, args) for v in args.variants}
 
     tokens = args.batch_size * args.seq_len
-    base_time = statistics.median(times["Transformer++"]) if "Transformer++" in times else None
-    base_mem = peak.get("Transformer++")
+    base_time = statistics.median(times[BASELINE]) if BASELINE in times else None
+    base_mem = peak.get(BASELINE)
     rows = []
     for variant in args.variants:
         t = statistics.median(times[variant])
+        scheme, _, label = scheme_and_label(variant, args.preset)
         rows.append({
             "variant": variant,
+            "label": label,
             "step_time_s": t,
             "tokens_per_s": tokens / t,
             "peak_memory_bytes": peak[variant],
             "step_time_ratio": t / base_time if base_time else None,
             "peak_memory_ratio": peak[variant] / base_mem if base_mem else None,
-            "block_evaluations": build_config(args.preset, VARIANTS[variant][0]).num_block_evaluations,
+            "block_evaluations": build_config(args.preset, scheme).num_block_evaluations,
         })
     print(f"\npreset {args.preset}, batch {args.batch_size} x {args.seq_len} tokens, device {args.device}, "
           f"median of {args.repeats} x {args.steps} steps\n")
     print("| variant | block evals | step (s) | tokens/s | step vs T++ | peak mem (MiB) | mem vs T++ |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['block_evaluations']} | {r['step_time_s']:.3f} | {r['tokens_per_s']:.0f} | "
+        print(f"| {r['label']} | {r['block_evaluations']} | {r['step_time_s']:.3f} | {r['tokens_per_s']:.0f} | "
               f"{_ratio(r['step_time_ratio'])} | {r['peak_memory_bytes'] / 2**20:.0f} | {_ratio(r['peak_memory_ratio'])} |")
     by_name = {r["variant"]: r for r in rows}
     checks = {}

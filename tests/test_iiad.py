@@ -415,3 +415,22 @@ def test_influence_plan_distill_commands(tmp_path, data_dir, teacher_dir, capsys
                        "--data.path", str(data_dir / "packed"), "--optim.max_steps", "1",
                        "--run.output_dir", str(tmp_path / "run2")])
     assert "iiet: error: the plan has 5 entries" in capsys.readouterr().err
+
+
+def test_pcformer_with_an_explicit_first_layer_goes_through_iiad_like_iiet():
+    """Influence -> the Lower Bound plan -> a student on the teacher's weights; the correction-ranking rules refuse
+    with the reason (a predictor is not a sequence of corrections)."""
+    teacher = tiny_model({"name": "pcformer", "order_plan": [0, 2, 2]})
+    measured = compute_influence(teacher, [torch.randint(1, 100, (8,)) for _ in range(2)], progress=False)
+    assert measured.row_labels() == ["predictor", "corrector"]
+    assert measured.iteration[0][0] == pytest.approx(0.0, abs=1e-6)  # layer 0 has no predictor
+    plan = make_plan(measured, "lower-bound")
+    assert plan.iteration_plan == [0, 0, 0] and plan.scheme["order_plan"] == [0, 0, 0]
+    assert plan.block_evaluations == {"before": 7, "after": 3}
+    with pytest.raises(IIETError, match="ranks implicit-Euler corrections"):
+        make_plan(measured, "e-iiet")
+    student, _ = build_student(teacher, student_config(teacher.config, student_scheme(teacher, plan)))
+    assert student.config.passes_per_layer == [1, 1, 1]
+    assert all(torch.equal(p, teacher.state_dict()[k]) for k, p in student.state_dict().items())
+    with pytest.raises(IIETError, match="more corrections than the teacher"):
+        student_scheme(teacher, Plan(iteration_plan=[2, 2, 2]))

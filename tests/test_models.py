@@ -365,3 +365,23 @@ def test_forward_and_generate_print_no_deprecation_warning_of_our_own_outputs():
     finally:
         logger.removeHandler(recorder)
     assert not [m for m in recorder.messages if "deprecated" in m], recorder.messages
+
+
+def test_the_table_of_named_models_resolves_every_name_to_its_scheme_and_label():
+    from iiet.models.names import MODELS, describe, label_of, resolve
+
+    assert resolve("iiet-r2", 4).scheme == resolve("iiet=2", 4).scheme and resolve("iiet-r2", 4).label == "IIET (r=2)"
+    assert resolve("transformer++", 4).label == "Transformer++" and resolve("euler", 4).scheme["name"] == "euler"
+    fl = resolve("pcformer-fl", 4)
+    assert fl.scheme["order_plan"] == [0, 2, 2, 2] and fl.label == "PCformer, explicit first layer"
+    assert resolve("iiet-r3-fl", 4).scheme["iteration_plan"] == [0, 3, 3, 3]
+    assert resolve("e-iiet=0,1,2,3", 4).label == "E-IIET (sum r=6)"
+    for name in MODELS:  # every name builds a model, and its label is what label_of finds for its scheme
+        named = resolve(name, 3)
+        IIETConfig(**TINY, scheme=named.scheme)
+        assert label_of(named.scheme, 3) == named.label, name
+        assert name in describe()
+    for bad, message in (("transformer++-fl", "explicit step already"), ("trans-ws-fl", "no explicit-first-layer"),
+                         ("rk9", "unknown model name"), ("lower-bound=2", "takes no =VALUE"), ("iiet=x", "valid")):
+        with pytest.raises(IIETError, match=message):
+            resolve(bad, 4)

@@ -118,9 +118,11 @@ def bench(
     weights unless a checkpoint directory is given; speed does not depend on the weights.
 
     Args:
-        models: model specs ``[PRESET:]NAME[=VALUE]`` with NAME one of ``transformer++``, ``dlcl``,
-            ``pcformer[=order]``, ``iiet[=r]``, ``e-iiet[=r0,r1,...]`` (default: an uneven plan keeping the paper's
-            15/72 of the corrections), ``lower-bound``, ``trans-ws[=repeats]``; or a checkpoint directory. Append
+        models: model specs ``[PRESET:]NAME[-fl][=VALUE]`` with NAME one of ``transformer++``, ``dlcl``,
+            ``pcformer[=order]``, ``trans-ws[=repeats]``, ``iiet[=r]`` (or ``iiet-rR``), ``e-iiet[=r0,r1,...]``
+            (default: an uneven plan keeping the paper's 15/72 of the corrections), ``lower-bound``,
+            ``adaptive[=tol]``, ``anderson[=window]``; ``-fl`` = the explicit-first-layer variant (``iiet-fl``,
+            ``pcformer-fl``); or a checkpoint directory (the table of names: ``iiet.models.names``). Append
             ``+draft[=DRAFT][:k=K]`` to decode by exact self-speculative decoding: the same weights draft ``K``
             tokens per round (default 4) with the cheaper plan ``DRAFT`` (``lower-bound`` (default),
             ``e-iiet:PLAN.json``, ``adaptive[:TOL]``, ``r0,r1,...``), e.g. ``iiet+draft=lower-bound:k=4``.

@@ -16,6 +16,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from iiet.models.configuration_iiet import parse_scheme
+
 IIET_R3_TARGET = 0.25
 SPECULATIVE_TARGET = 0.5
 LOWER_BOUND_TARGET = 0.95
@@ -42,15 +44,14 @@ def _quartiles(values: list[float]) -> list[float]:
 
 
 def _corrections(result: dict[str, Any]) -> list[int] | None:
-    """Corrections per layer of an IIET model (``None`` for other schemes)."""
-    scheme = result["scheme"]
-    if scheme["name"] != "iiet":
-        return None
-    return scheme.get("iteration_plan") or [scheme.get("num_iterations", 3)] * result["num_layers"]
+    """Implicit-Euler corrections per layer (``None`` for a scheme without them), as the scheme says."""
+    return parse_scheme(result["scheme"]).corrections(result["num_layers"])
 
 
 def _baseline(result: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return next((r for r in results if r["scheme"]["name"] == "euler" and r["size"] == result["size"]), None)
+    """The same-size model whose scheme is LLaMA's residual stream (Transformer++)."""
+    return next((r for r in results if r["size"] == result["size"]
+                 and parse_scheme(r["scheme"]).beyond_llama(r["num_layers"]) is None), None)
 
 
 def _plain(result: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any] | None:

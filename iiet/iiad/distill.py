@@ -106,10 +106,11 @@ def student_scheme(teacher, plan: Plan | None = None, scheme: dict[str, Any] | s
     if len(plan.iteration_plan) != config.num_hidden_layers:
         raise IIETError(f"the plan has {len(plan.iteration_plan)} entries but the teacher has "
                         f"{config.num_hidden_layers} layers; give one number of corrections per layer.")
-    if config.scheme.get("name") != "iiet":
-        raise IIETError(f"iteration plans apply to iiet teachers; this teacher's scheme is {config.scheme['name']!r} "
-                        "(use --distill.student_scheme instead).")
-    runs = config.scheme_config.corrections(config.num_hidden_layers)
+    scheme = config.scheme_config
+    if not scheme.accepts_plan:
+        raise IIETError(f"plans apply to teachers whose layers run several passes (IIET, PCformer); this teacher's "
+                        f"scheme is {scheme.name!r} (use --distill.student_scheme instead).")
+    runs = scheme.plan(config.num_hidden_layers)
     over = [n for n, (k, r) in enumerate(zip(plan.iteration_plan, runs)) if k > r]
     if over:
         raise IIETError(f"the plan keeps more corrections than the teacher runs in layer(s) {over} (teacher: {runs}); "

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from iiet.errors import IIETError
 from iiet.iiad.files import read_json, write_json
+from iiet.models.configuration_iiet import SchemeConfig, parse_scheme
 
 FORMAT = "iiet-influence"
 FORMAT_VERSION = 1
@@ -95,14 +96,17 @@ class Influence:
         """Corrections measured per layer (the number of iteration-influence entries minus the initial compute)."""
         return [len(row) - 1 for row in self.iteration]
 
+    @property
+    def scheme_config(self) -> SchemeConfig | None:
+        """The measured model's scheme (``None`` if the file records none)."""
+        scheme = self.model.get("scheme")
+        return parse_scheme(scheme) if scheme else None
+
     def row_labels(self) -> list[str]:
-        """Names of the states' transitions, bottom to top, as in the paper's Figure 5."""
+        """Names of the states' transitions, bottom to top, as in the paper's Figure 5 (the scheme names them)."""
         rows = max(len(row) for row in self.iteration)
-        if self.scheme_name in ("iiet", "dlcl"):
-            return ["initial compute"] + [f"iteration {i}" for i in range(1, rows)]
-        if self.scheme_name == "pcformer" and rows == 2:
-            return ["predictor", "corrector"]
-        return [f"pass {i + 1}" for i in range(rows)]
+        scheme = self.scheme_config
+        return scheme.stage_labels(rows) if scheme is not None else SchemeConfig().stage_labels(rows)
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, FORMAT, FORMAT_VERSION, asdict(self))

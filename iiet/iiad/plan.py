@@ -36,6 +36,7 @@ from typing import Any
 from iiet.errors import IIETError
 from iiet.iiad.files import read_json, write_json
 from iiet.iiad.influence import Influence
+from iiet.models.configuration_iiet import parse_scheme
 
 RULES = ("e-iiet", "lower-bound", "threshold", "budget")
 KEEP_MODES = ("count", "leading", "through-last")
@@ -104,7 +105,8 @@ class Plan:
 
     Attributes:
         iteration_plan: corrections per layer ``k_n``.
-        scheme: the scheme dict of the efficient model (the measured model's scheme with this plan).
+        scheme: the scheme dict of the efficient model (the measured model's scheme with this plan); ``None`` in a
+            hand-written plan (the teacher's scheme with the plan is used).
         rule: the rule that made it (``RULES``), with ``threshold``, ``keep`` and ``budget`` where they apply.
         corrections, block_evaluations, flops_per_token: ``{"before": ..., "after": ...}`` per token (FLOPs at
             ``context`` keys, ``iiet.models.costs``).
@@ -113,7 +115,7 @@ class Plan:
     """
 
     iteration_plan: list[int]
-    scheme: dict[str, Any]
+    scheme: dict[str, Any] | None = None
     rule: str = "manual"
     threshold: float | None = None
     keep: str | None = None
@@ -154,15 +156,12 @@ class Plan:
             raise IIETError(f"{path} has no valid iteration_plan (a list of integers >= 0, one per layer).")
         known = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in raw.items() if k in known}
-        values.setdefault("scheme", {"name": "iiet", "iteration_plan": plan})
         return cls(**values)
 
 
 def plan_scheme(scheme: dict[str, Any], plan: list[int]) -> dict[str, Any]:
-    """An IIET model's scheme with ``plan`` as its iteration plan (history reading and the rest kept)."""
-    if scheme.get("name") != "iiet":
-        raise IIETError(f"iteration plans apply to iiet models; this model's scheme is {scheme.get('name')!r}.")
-    return {**scheme, "iteration_plan": list(plan)}
+    """A model's scheme running ``plan`` (IIET: corrections, PCformer: predictor orders; the rest kept)."""
+    return parse_scheme(scheme).with_plan(plan).to_dict()
 
 
 def _config(influence: Influence, plan: list[int] | None):
@@ -204,9 +203,13 @@ def make_plan(
 
     if rule not in RULES:
         raise IIETError(f"rule={rule!r} is not one of {RULES}.")
-    if influence.scheme_name != "iiet":
-        raise IIETError(f"the influence file describes a {influence.scheme_name!r} model; plans are made for iiet "
-                        "models (measure an IIET checkpoint).")
+    scheme = influence.scheme_config
+    if scheme is None or not scheme.accepts_plan:
+        raise IIETError(f"the influence file describes a {influence.scheme_name!r} model, which takes no plan; plans "
+                        "are made for iiet models (measure an IIET checkpoint).")
+    if rule != "lower-bound" and scheme.corrections(len(influence.iteration)) is None:
+        raise IIETError(f"rule {rule!r} ranks implicit-Euler corrections by influence, and a {scheme.name!r} model "
+                        "has none; use --rule lower-bound (every layer one pass) or a hand-written plan.")
     if (threshold is not None) != (rule == "threshold"):
         raise IIETError("give --threshold exactly when --rule threshold.")
     budgets = [b for b in (budget_evaluations, budget_flops_fraction) if b is not None]

@@ -9,6 +9,7 @@ import numpy as np
 
 from iiet.iiad.influence import Influence
 from iiet.plotting import distinct_colors
+from iiet.models.names import label_of
 
 CELL_INCHES = 0.55  # heatmap cell width: room for a two-decimal annotation
 DARK_TEXT_FRACTION = 0.6  # cells darker than this fraction of the colour range get white text
@@ -81,13 +82,8 @@ def block_influence_figure(influences: list[Influence], labels: list[str] | None
 
 
 def _model_label(influence: Influence) -> str:
-    scheme = dict(influence.model.get("scheme", {}))
-    name = scheme.pop("name", "?")
-    shown = {k: v for k, v in scheme.items() if v is not None and k not in ("history", "adaptive_tolerance")}
-    if name == "iiet" and shown.get("iteration_plan") is not None:
-        shown.pop("num_iterations", None)
-    extra = ", ".join(f"{k}={v}" for k, v in shown.items())
-    return f"{name} ({extra})" if extra else name
+    scheme = influence.scheme_config
+    return label_of(scheme, len(influence.iteration)) if scheme is not None else "?"
 
 
 def _save(figure, path: str | Path) -> Path:

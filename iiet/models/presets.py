@@ -12,6 +12,7 @@ from iiet.errors import IIETError
 
 from .configuration_iiet import IIETConfig, parse_scheme
 from .costs import describe
+from .names import resolve
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Unit tests: a few hundred thousand parameters.
@@ -40,14 +41,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 COMMON = dict(hidden_act="silu", initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=True)
 
-# Schemes compared in the paper, as shown by ``iiet info``.
-PAPER_SCHEMES: dict[str, dict[str, Any]] = {
-    "Transformer++": {"name": "euler"},
-    "DLCL": {"name": "dlcl"},
-    "PCformer": {"name": "pcformer", "order": 2},
-    "IIET (r=3)": {"name": "iiet", "num_iterations": 3},
-    "Trans WS (k=4)": {"name": "weight_shared", "repeats": 4},
-}
+# The models compared in the paper, as ``iiet info`` shows them (names of ``iiet.models.names``).
+PAPER_MODELS = ("transformer++", "dlcl", "pcformer", "iiet-r3", "trans-ws")
 
 
 def build_config(
@@ -66,18 +61,6 @@ def build_config(
     return IIETConfig(**values)
 
 
-def explicit_first_layer(scheme: dict[str, Any], num_layers: int) -> dict[str, Any]:
-    """An ``iiet`` scheme with ``num_iterations: r`` as the plan ``[0, r, ..., r]``: layer 0 without corrections.
-
-    At small token budgets layer 0's corrections hold IIET at the unigram plateau (docs/training.md, "The slow
-    start of IIET"); other schemes are returned unchanged.
-    """
-    if scheme.get("name") != "iiet" or "num_iterations" not in scheme:
-        return scheme
-    rest = {k: v for k, v in scheme.items() if k != "num_iterations"}
-    return {**rest, "iteration_plan": [0] + [scheme["num_iterations"]] * (num_layers - 1)}
-
-
 def info(
     presets: list[str] = ["tiny", "cpu-small", "55M", "340M", "740M"],
     context: int = 2048,
@@ -92,8 +75,10 @@ def info(
     print(header)
     print("-" * len(header))
     for preset in presets:
-        for label, scheme in PAPER_SCHEMES.items():
-            cost = describe(build_config(preset, scheme), context=context)
+        num_layers = build_config(preset).num_hidden_layers
+        for name in PAPER_MODELS:
+            named = resolve(name, num_layers)
+            label, cost = named.label, describe(build_config(preset, named.scheme), context=context)
             print(
                 f"{preset:<10} {label:<15} {cost['parameters'] / 1e6:>8.1f}M {cost['block_evaluations']:>11d} "
                 f"{cost['flops_per_token'] / 1e9:>10.3f} {cost['kv_cache_bytes_per_token'] / 1024:>10.1f}"

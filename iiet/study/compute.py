@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from iiet.models.costs import flops_per_token, parameter_count, training_flops_per_token
+from iiet.models.names import resolve
 from iiet.models.presets import build_config
 from iiet.plotting import pyplot, save_figure
 from iiet.train.metrics import read_metrics
@@ -40,7 +41,8 @@ def matched_depth(reference, preset: str, seq_len: int, vocab_size: int) -> int:
     target = flops_per_token(reference, seq_len)
 
     def distance(layers: int) -> float:
-        config = build_config(preset, {"name": "euler"}, vocab_size=vocab_size, num_hidden_layers=layers)
+        config = build_config(preset, resolve("transformer++", layers).scheme, vocab_size=vocab_size,
+                              num_hidden_layers=layers)
         return abs(flops_per_token(config, seq_len) - target)
 
     return min(range(1, 8 * reference.num_hidden_layers + 1), key=distance)

@@ -10,7 +10,8 @@ from pathlib import Path
 from iiet.eval.report import markdown_table
 from iiet.plotting import pyplot, save_figure
 from iiet.study.compute import write_results
-from iiet.study.study import ARMS, COMPUTE_MATCHED, COMPUTE_REFERENCE, LABELS, MULTI_SEED_ARMS, Study, machine, mean_spread
+from iiet.study.study import (COMPUTE_MATCHED, COMPUTE_REFERENCE, MULTI_SEED_ARMS, Study, arm_label, machine,
+                              mean_spread)
 from iiet.train.plots import plot_loss_curves
 
 R_SWEEP = ("dlcl", "iiet-r1", "iiet-r2", "iiet-r3")  # r = 0 .. 3 (Table 5, Figure 2)
@@ -18,7 +19,7 @@ IIAD_ROWS = ("distil-pcformer", "lower-bound", "e-iiet")
 
 
 def _label(arm: str) -> str:
-    return LABELS.get(arm) or COMPUTE_MATCHED.get(arm) or arm
+    return arm_label(arm)
 
 
 def _arm_of(run: str) -> str:
@@ -86,7 +87,7 @@ def _figure_r_sweep(study: Study, path: Path) -> Path | None:
         runs = [study.state["eval"][k] for k in _runs_of(study, arm)]
         values = [x["val"]["perplexity"] for x in runs if x.get("val")]
         if values:
-            ax.axhline(statistics.mean(values), linestyle=style, color="gray", label=LABELS[arm])
+            ax.axhline(statistics.mean(values), linestyle=style, color="gray", label=_label(arm))
     ax.set_xlabel("iterations r")
     ax.set_ylabel("held-out perplexity")
     ax.set_xticks(range(len(R_SWEEP)))
@@ -176,10 +177,10 @@ def write_report(study: Study) -> Path:
         "",
         "## Pretraining: perplexity (Figure 2 / Table 1 columns)",
         "",
-        _perplexity_table(study, [a for a in ARMS if a in s.arms] + (list(COMPUTE_MATCHED) if s.compute_matched else [])),
+        _perplexity_table(study, list(s.arms) + (list(COMPUTE_MATCHED) if s.compute_matched else [])),
         "## Pretraining: zero-shot suite (Table 1 shape)" + (f", {s.eval_limit} documents per task" if s.eval_limit else ""),
         "",
-        _zero_shot_table(study, [a for a in ARMS if a in s.arms]),
+        _zero_shot_table(study, list(s.arms)),
         "## Iterations r (Table 5 / Figure 2 shape)",
         "",
         _perplexity_table(study, ("transformer++", "pcformer") + R_SWEEP),
@@ -206,7 +207,7 @@ def write_report(study: Study) -> Path:
     if compute_figure:
         lines += ["![validation loss against training FLOPs](figures/loss_vs_training_flops.png)", ""]
     lines += ["## Held-out corpora (other domains), per document", "",
-              _corpora_table(study, [a for a in ARMS if a in s.arms] + list(COMPUTE_MATCHED) + list(IIAD_ROWS))]
+              _corpora_table(study, list(s.arms) + list(COMPUTE_MATCHED) + list(IIAD_ROWS))]
     lines += ["## Inference (Table 3 shape)", "", _bench_table(study), "## Loss curves", "",
               "![loss curves](figures/loss_curves.png)" if runs else "_no runs_", ""]
     path = study.root / "results.md"

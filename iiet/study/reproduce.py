@@ -16,6 +16,7 @@ resumes from its last checkpoint):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shlex
@@ -30,16 +31,17 @@ from iiet.iiad.distill import DistillConfig, DistillTrainConfig, distill
 from iiet.iiad.influence import Influence
 from iiet.iiad.measure import INFLUENCE_FILE, measure_influence
 from iiet.iiad.plan import make_plan
-from iiet.models.presets import PRESETS, explicit_first_layer
+from iiet.models.names import resolve
+from iiet.models.presets import PRESETS
 from iiet.study.compute import matched_depth, matched_tokens
 from iiet.study.heldout import document_bits_per_byte, text_perplexity
 from iiet.study.report import write_report
-from iiet.study.study import ARMS, COMPUTE_MATCHED, COMPUTE_REFERENCE, MULTI_SEED_ARMS, Study, StudyConfig
+from iiet.study.study import (COMPUTE_MATCHED, COMPUTE_REFERENCE, DISTIL_PCFORMER, MULTI_SEED_ARMS, PLAN_RULES, Study,
+                              StudyConfig)
 from iiet.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from iiet.train.metrics import read_metrics
 from iiet.train.trainer import build_model_config, run_training
 
-PLAN_RULES = ("e-iiet", "lower-bound")
 BENCH_RUNS = ("transformer++-s0", "pcformer-s0", "iiet-r3-s0", "e-iiet", "lower-bound")
 
 
@@ -92,13 +94,15 @@ def train_config(study: Study, arm: str, seed: int) -> TrainConfig:
     c = study.config
     if arm in COMPUTE_MATCHED:
         return _compute_matched_config(study, arm, seed)
-    scheme = ARMS[arm]
-    scheme = {**scheme, "history": c.history} if scheme["name"] in ("dlcl", "iiet", "pcformer") else scheme
-    if c.explicit_first_layer:
-        scheme = explicit_first_layer(scheme, PRESETS[c.preset]["num_hidden_layers"])
+    num_layers = PRESETS[c.preset]["num_hidden_layers"]
+    scheme = resolve(arm, num_layers).scheme_config
+    if scheme.has_history:
+        scheme = dataclasses.replace(scheme, history=c.history)
+    if c.explicit_first_layer and scheme.corrections(num_layers) is not None:
+        scheme = scheme.explicit_first_layer(num_layers)  # the IIET arms (PCformer's variant is the pcformer-fl arm)
     steps = max(1, c.train_tokens // c.batch_tokens)
     return TrainConfig(
-        model=ModelConfig(preset=c.preset, scheme=scheme, overrides=dict(c.model_overrides)),
+        model=ModelConfig(preset=c.preset, scheme=scheme.to_dict(), overrides=dict(c.model_overrides)),
         data=DataConfig(path=str(study.data_dir), sources=list(c.sources), tokenizer=c.tokenizer,
                         tokenizer_vocab_size=c.tokenizer_vocab_size, seq_len=c.seq_len),
         optim=OptimConfig(lr=c.lr, warmup_ratio=c.warmup_ratio, batch_tokens=c.batch_tokens,
@@ -222,7 +226,7 @@ def _iiad(study: Study, trained: dict[str, list[Path]]) -> None:
     teacher = trained["iiet-r3"][0]
     students = {rule: (teacher, plans[rule], None) for rule in PLAN_RULES}
     if "pcformer" in trained:
-        students["distil-pcformer"] = (trained["pcformer"][0], None, "euler")
+        students[DISTIL_PCFORMER] = (trained["pcformer"][0], None, resolve("transformer++", 1).scheme)
     for name, (teacher_dir, plan_file, student_scheme) in students.items():
         final = study.run_dir(name) / "final"
         if not _done(final):

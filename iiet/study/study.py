@@ -19,21 +19,13 @@ from typing import Any, Literal
 import torch
 
 from iiet.errors import IIETError
+from iiet.models.names import resolve
+from iiet.models.presets import PRESETS
 
-ARMS: dict[str, dict[str, Any]] = {
-    "transformer++": {"name": "euler"},
-    "dlcl": {"name": "dlcl"},
-    "pcformer": {"name": "pcformer", "order": 2},
-    "trans-ws": {"name": "weight_shared", "repeats": 4},
-    "iiet-r1": {"name": "iiet", "num_iterations": 1},
-    "iiet-r2": {"name": "iiet", "num_iterations": 2},
-    "iiet-r3": {"name": "iiet", "num_iterations": 3},
-}
-LABELS = {
-    "transformer++": "Transformer++", "dlcl": "DLCL (IIET r=0)", "pcformer": "PCformer", "trans-ws": "Trans WS (k=4)",
-    "iiet-r1": "IIET r=1", "iiet-r2": "IIET r=2", "iiet-r3": "IIET r=3", "e-iiet": "E-IIET (IIAD)",
-    "lower-bound": "Lower Bound (IIAD)", "distil-pcformer": "Distil PCformer",
-}
+# The default arms: names of the table of named models (``iiet.models.names``), which gives their schemes and labels.
+ARMS = ("transformer++", "dlcl", "pcformer", "trans-ws", "iiet-r1", "iiet-r2", "iiet-r3")
+PLAN_RULES = ("e-iiet", "lower-bound")  # IIAD plans of IIET r=3, each distilled into a student of that name
+DISTIL_PCFORMER = "distil-pcformer"  # the Transformer++ distilled from the PCformer arm
 MULTI_SEED_ARMS = ("transformer++", "iiet-r3", "transformer++-flops")
 # Transformer++ at the compute of COMPUTE_REFERENCE (StudyConfig.compute_matched; iiet.study.compute).
 COMPUTE_REFERENCE = "iiet-r3"
@@ -42,6 +34,21 @@ COMPUTE_MATCHED = {
     "transformer++-deep": "Transformer++, deeper: IIET r=3's inference FLOPs per token",
 }
 ZERO_SHOT_TASKS = ("lambada", "piqa", "hellaswag", "sciq", "arc_challenge", "winogrande")
+
+
+def arm_label(arm: str, preset: str = "tiny") -> str:
+    """The paper's label of an arm or of a model the study makes from one: an IIAD student (``PLAN_RULES``,
+    ``DISTIL_PCFORMER``) or a compute-matched Transformer++ (``COMPUTE_MATCHED``)."""
+    if arm in COMPUTE_MATCHED:
+        return COMPUTE_MATCHED[arm]
+    num_layers = PRESETS[preset]["num_hidden_layers"]
+    if arm == DISTIL_PCFORMER:
+        return f"Distil {resolve('pcformer', num_layers).label}"
+    try:
+        label = resolve(arm, num_layers).label
+    except IIETError:
+        return arm  # a run the table does not name
+    return f"{label.split(' (')[0]} (IIAD)" if arm in PLAN_RULES else label
 
 
 @dataclass
@@ -62,7 +69,9 @@ class StudyConfig:
         lr: peak learning rate (cosine schedule, AdamW, weight decay 0.01, clipping 1.0 as Appendix B.1).
         warmup_ratio: warm-up fraction of the steps.
         seeds: seeds for Transformer++ and IIET r=3 (the other arms use seed 0).
-        arms: which arms to train, from transformer++, dlcl, pcformer, trans-ws, iiet-r1, iiet-r2, iiet-r3.
+        arms: which arms to train: names of the table of named models (``iiet bench --help`` lists them), by
+            default transformer++, dlcl, pcformer, trans-ws, iiet-r1, iiet-r2, iiet-r3; e.g. ``pcformer-fl`` adds the
+            PCformer with an explicit first layer.
         history: layer-history reading of DLCL/IIET/PCformer ("residual" or "normalized").
         model_overrides: model config values applied to every arm, e.g. ``{residual_init_scale: 0.1}`` (the
             initialisation that shortens the slow start of the multi-pass models, docs/training.md).
@@ -121,9 +130,13 @@ class StudyConfig:
 
     def validate(self) -> None:
         """Check what needs no data or model; raise ``IIETError`` naming the field and the fix."""
-        unknown = sorted(set(self.arms) - set(ARMS))
-        if unknown:
-            raise IIETError(f"unknown arm(s) {unknown}; choose from {list(ARMS)}.")
+        if self.preset not in PRESETS:
+            raise IIETError(f"unknown preset {self.preset!r}; choose one of {list(PRESETS)}.")
+        for arm in self.arms:
+            try:
+                resolve(arm, PRESETS[self.preset]["num_hidden_layers"])
+            except IIETError as error:
+                raise IIETError(f"unknown arm {arm!r}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

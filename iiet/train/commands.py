@@ -15,12 +15,15 @@ from iiet.data.prepare import prepare_data
 from iiet.data.tokenizer import train_tokenizer
 
 from iiet.errors import IIETError
+from iiet.models.names import label_of, resolve
+from iiet.models.presets import build_config
 from iiet.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from iiet.train.parallel import is_main_process
 from iiet.train.plots import plot_loss_curves
 from iiet.train.trainer import Trainer, build_model_config, run_training
 
-DEMO_RUNS = {"transformer++": {"name": "euler"}, "iiet": {"name": "iiet"}}
+# The demo's two runs: folder -> model name (``iiet.models.names``; ``{r}`` is ``num_iterations``).
+DEMO_RUNS = {"transformer++": "transformer++", "iiet": "iiet={r}"}
 
 
 def train(
@@ -103,9 +106,9 @@ def demo(
     prepare_data(["builtin"], str(tokenizer_dir), data_dir, seq_len=seq_len, val_fraction=0.02)
 
     configs = {}
-    for name, scheme in DEMO_RUNS.items():
-        if scheme["name"] == "iiet":
-            scheme = {**scheme, "num_iterations": num_iterations}
+    num_layers = build_config(preset).num_hidden_layers
+    for name, model_name in DEMO_RUNS.items():
+        scheme = resolve(model_name.format(r=num_iterations), num_layers).scheme
         configs[name] = TrainConfig(
             model=ModelConfig(preset=preset, scheme=scheme),
             data=DataConfig(path=str(data_dir)),
@@ -138,16 +141,12 @@ def demo(
     print("| model | scheme | params | steps | tokens | minutes | val loss | val ppl |")
     print("|---|---|---|---|---|---|---|---|")
     for name, scheme, parameters, summary, elapsed in results:
-        print(f"| {name} | {_scheme_label(scheme)} | {parameters / 1e6:.2f}M | {summary['step']} | "
+        print(f"| {name} | {label_of(scheme, num_layers)} | {parameters / 1e6:.2f}M | {summary['step']} | "
               f"{summary['tokens']:,} | {elapsed / 60:.1f} | {summary.get('val_loss', math.nan):.3f} | "
               f"{summary.get('val_ppl', math.nan):.1f} |")
     print(f"\ncheckpoints: {', '.join(str(root / n / 'checkpoints') for n in DEMO_RUNS)}")
     print(f"HF models:   {', '.join(str(root / n / 'final') for n in DEMO_RUNS)}")
     print(f"loss plot:   {root / 'loss_curves.png'}")
-
-
-def _scheme_label(scheme: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in scheme.items() if k != "name") or scheme["name"]
 
 
 def _seconds_per_step(configs: list[TrainConfig], rounds: int = 3) -> list[float]:
