@@ -253,3 +253,27 @@ def test_format_1_folders_are_still_read(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     train = PackedDataset(tmp_path, "train")
     assert len(train) == 5 and train[3].tolist() == rows[3].tolist() and len(PackedDataset(tmp_path, "val")) == 0
+
+
+def test_trainer_reads_shards_as_one_dataset_and_resumes_exactly(corpus_file, tmp_path, monkeypatch):
+    from .test_train import SEQ_LEN as TRAIN_SEQ_LEN, fit, losses, tiny_config
+
+    lines = corpus_file.read_text().splitlines(keepends=True)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for index in range(5):
+        (parts / f"part{index}.jsonl").write_text("".join(lines[index::5]))
+    train_tokenizer([str(parts)], tmp_path / "tokenizer", vocab_size=512)
+    arguments = dict(sources=[str(parts)], tokenizer=str(tmp_path / "tokenizer"), seq_len=TRAIN_SEQ_LEN,
+                     val_fraction=0.1)
+    assert prepare_data(output_dir=tmp_path / "whole", **arguments)["num_shards"] == 1  # ~100 KB: one piece
+    monkeypatch.setattr("iiet.data.sources._MIN_PIECE_BYTES", 1)
+    assert prepare_data(output_dir=tmp_path / "sharded", **arguments, num_proc=2)["num_shards"] == 5
+
+    fit(tiny_config(tmp_path / "whole", tmp_path / "run-whole"))
+    config = tiny_config(tmp_path / "sharded", tmp_path / "run-sharded")
+    fit(config, until_step=4)  # stopped after the step-4 checkpoint, then resumed by a fresh Trainer
+    fit(config)
+    expected = losses(tmp_path / "run-whole")
+    assert losses(tmp_path / "run-sharded") == expected and len(expected) == 8  # bitwise, every step
+    assert losses(tmp_path / "run-sharded", "val_loss") == losses(tmp_path / "run-whole", "val_loss")
