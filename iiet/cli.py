@@ -14,6 +14,7 @@ import sys
 from jsonargparse import CLI
 
 import iiet_cli
+from iiet.cli_parser import Parser, one_line
 from iiet.errors import IIETError
 
 COMMANDS = iiet_cli.COMMANDS
@@ -28,11 +29,17 @@ def run_command(argv: list[str]) -> None:
     """Run ``argv[0]`` (a name in ``COMMANDS``) with the options ``argv[1:]``."""
     name = argv[0]
     try:
-        CLI({name: _resolve(COMMANDS[name])}, args=argv, as_positional=False, prog="iiet")
+        # Parser: parse errors are one line with a "did you mean" too, and --help ends with examples.
+        CLI({name: _resolve(COMMANDS[name])}, args=argv, as_positional=False, prog="iiet", parser_class=Parser)
     except (IIETError, FileNotFoundError) as error:
-        # Bad user input surfaces as one line naming the problem; the message itself says how to fix it.
-        print(f"iiet: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        # Bad user input surfaces as one line naming the problem; the message itself says how to fix it. Runs that
+        # stop for another reason (divergence, a full disk: 1; a signal: 128 + its number) say so the same way.
+        print(f"iiet: error: {one_line(str(error))}", file=sys.stderr)
+        raise SystemExit(getattr(error, "exit_code", 2)) from None
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves a checkpoint first)
+        print("iiet: error: interrupted (Ctrl-C); no result was left half-written: rerun the command to start over.",
+              file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def main(argv: list[str] | None = None) -> None:

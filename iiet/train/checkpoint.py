@@ -1,21 +1,32 @@
-"""Atomic, exactly resumable training checkpoints, and the final export in Hugging Face format.
+"""Atomic, exactly resumable training checkpoints that load without unpickling, and the final HF export.
 
 Layout of one checkpoint (``<output_dir>/checkpoints/step_00001000/``)::
 
-    state/                 model + optimizer, torch.distributed.checkpoint (DCP): sharded under FSDP2, one copy
-                           otherwise, so a checkpoint resumes under any of none/ddp/fsdp and any world size
-    rng_rank{r}.pt         python, numpy, torch (and CUDA) random states of rank r
-    trainer_state.json     step, tokens seen, data position, scheduler, model config, and the size of every file
-                           above; written last, so its presence with matching sizes marks a complete checkpoint
+    model.safetensors      the full model state (fp32; gathered from the shards under FSDP2)
+    optimizer.safetensors  the optimizer's tensors (AdamW moments and step counts, keyed ``<parameter>/<name>``);
+                           its param groups (lr, betas, ...) as JSON in the safetensors header
+    rng_rank{r}.json       python, numpy, torch (and CUDA) random states of rank r
+    trainer_state.json     step, tokens seen, data position, scheduler, model config, and the size and SHA-256 of
+                           every file above; written last, so its presence marks a complete checkpoint
+
+Trust boundary: resuming reads safetensors (raw tensors and a JSON header) and JSON, never pickle, so no code stored
+in a checkpoint can run; a tampered checkpoint can at worst hold wrong numbers. The checksums catch accidental
+corruption (torn writes, flipped bits), not deliberate edits: whoever can write the files can rewrite the checksums.
+
+The state is saved *full* (unsharded): under FSDP2 rank 0 gathers it to CPU memory (3 copies of the parameters: the
+weights and AdamW's two moments) and writes it alone, so a checkpoint resumes under none/ddp/fsdp and any world size.
 
 Atomicity: everything is written into ``step_XXXXXXXX.tmp``, fsynced, and renamed into place with ``os.replace``
-(one atomic rename of the directory); a crash at any point leaves the previous checkpoints untouched and at worst a
-``.tmp`` directory that the next save removes. Older checkpoints are pruned only after the new one is in place.
+(one atomic rename of the directory); a crash or a full disk at any point leaves the previous checkpoints untouched
+and at worst a ``.tmp`` directory that the next save removes. Older checkpoints are pruned only after the new one is
+in place.
 """
 
 from __future__ import annotations
 
-import contextlib
+import base64
+import errno
+import hashlib
 import json
 import os
 import random
@@ -35,8 +46,11 @@ from iiet.train.parallel import Distributed
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
-FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+FORMAT_VERSION = 2  # 1: torch.distributed.checkpoint (pickled metadata), no longer loaded
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_HASH_CHUNK = 1 << 24
 # Config entries that change neither the parameters nor the function the model computes. The special-token ids
 # come from the tokenizer; checkpoints written before they did carry LLaMA's defaults and must still resume.
 _CONFIG_KEYS_IGNORED = {
@@ -48,6 +62,12 @@ _CONFIG_KEYS_IGNORED = {
 
 class CheckpointError(IIETError):
     """A checkpoint that cannot be resumed from; the message names the file and what to do."""
+
+
+class NoSpaceError(IIETError):
+    """The disk filled up while writing; earlier checkpoints are intact."""
+
+    exit_code = 1
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -74,31 +94,97 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _quiet_dcp():
-    """DCP warns on every single-process save/load that it is assuming a single process; that is intended here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def _rng_state() -> dict[str, Any]:
+def is_no_space(error: BaseException) -> bool:
+    """True for a full disk, whether Python (OSError ENOSPC) or a library's own I/O error reports it."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    return "No space left" in text or "StorageFull" in text or "Disk quota exceeded" in text
+
+
+# -- random states as JSON ------------------------------------------------------------------------------------------
+
+
+def _bytes_tensor(state: torch.Tensor | None) -> str | None:
+    return None if state is None else base64.b64encode(state.numpy().tobytes()).decode()
+
+
+def _tensor_bytes(text: str | None) -> torch.Tensor | None:
+    return None if text is None else torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's python, numpy, torch and CUDA random states, as JSON values."""
+    version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": _bytes_tensor(torch.get_rng_state()),
+        "cuda": _bytes_tensor(torch.cuda.get_rng_state().cpu()) if torch.cuda.is_available() else None,
     }
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_tensor_bytes(state["torch"]))
     if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(_tensor_bytes(state["cuda"]))
+
+
+# -- model and optimizer state as safetensors -------------------------------------------------------------------------
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """Tied parameters: every later name of a parameter -> its first name (safetensors stores each tensor once)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) in first:
+            aliases[name] = first[id(parameter)]
+        else:
+            first[id(parameter)] = name
+    return aliases
+
+
+def _optimizer_tensors(optim_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Flatten a full optimizer state dict into safetensors tensors plus JSON header entries."""
+    tensors, scalars = {}, {}
+    for parameter, entries in optim_state["state"].items():
+        for name, value in entries.items():
+            key = f"{parameter}/{name}"
+            if torch.is_tensor(value):
+                tensors[key] = value.detach().cpu().contiguous()
+            else:
+                scalars[key] = value
+    header = {"param_groups": json.dumps(optim_state["param_groups"]), "scalars": json.dumps(scalars)}
+    return tensors, header
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], header: dict[str, str]) -> dict[str, Any]:
+    state: dict[str, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *json.loads(header["scalars"]).items()]:
+        parameter, _, name = key.rpartition("/")
+        state.setdefault(parameter, {})[name] = value
+    return {"state": state, "param_groups": json.loads(header["param_groups"])}
+
+
+def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
 
 
 def comparable_model_config(config_dict: dict[str, Any]) -> dict[str, Any]:
@@ -107,111 +193,184 @@ def comparable_model_config(config_dict: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(kept, sort_keys=True, default=str))
 
 
+# -- saving ---------------------------------------------------------------------------------------------------------
+
+
 def save_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], dist_info: Distributed
 ) -> None:
     """Write a checkpoint of ``model`` (the unwrapped or FSDP2-sharded module), ``optimizer`` and ``state``.
 
-    Collective: every rank calls it. ``state`` must be JSON-serialisable (rank 0's copy is written).
+    Collective: every rank calls it (FSDP2 gathers the full state to rank 0, which writes everything). ``state``
+    must be JSON-serialisable (rank 0's copy is written). A full disk raises ``NoSpaceError`` on every rank.
     """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0 only
+    model_state = get_model_state_dict(model, options=options)
+    optim_state = get_optimizer_state_dict(model, optimizer, options=options)
+    rng_states = dist_info.gather_object(rng_state())
+    failure, original = None, None
+    if dist_info.is_main:
+        try:
+            _write_checkpoint(path, _aliases(model), model_state, optim_state, rng_states,
+                              {**state, "world_size": dist_info.world_size})
+        except Exception as caught:  # every rank must learn of it, or the others wait at the next collective
+            failure, original = (type(caught) is NoSpaceError, str(caught)), caught
+    failure = dist_info.broadcast_object(failure)
+    if original is not None:
+        raise original
+    if failure is not None:
+        no_space, message = failure
+        raise NoSpaceError(message) if no_space else RuntimeError(f"rank 0 failed to write {path}: {message}")
+
+
+def _write_checkpoint(path, aliases, model_state, optim_state, rng_states, state) -> None:
+    from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
-    if dist_info.is_main:
+    model_tensors = {k: v.contiguous() for k, v in model_state.items() if k not in aliases}
+    optim_tensors, optim_header = _optimizer_tensors(optim_state)
+    try:
         shutil.rmtree(tmp, ignore_errors=True)  # left over by a crash during an earlier save
         tmp.mkdir(parents=True)
-    dist_info.barrier()
-
-    model_state, optim_state = get_state_dict(model, optimizer)
-    with _quiet_dcp():
-        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / "state")
-    rng_file = tmp / f"rng_rank{dist_info.rank}.pt"
-    torch.save(_rng_state(), rng_file)
-    _fsync(rng_file)
-    dist_info.barrier()
-
-    if dist_info.is_main:
-        files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
-        for name in files:  # DCP fsyncs its own files; this also covers anything written without it
-            _fsync(tmp / name)
-        record = {"format_version": FORMAT_VERSION, **state, "world_size": dist_info.world_size, "files": files}
+        needed = sum(t.numel() * t.element_size() for t in [*model_tensors.values(), *optim_tensors.values()])
+        if shutil.disk_usage(tmp).free < needed:
+            raise OSError(errno.ENOSPC, f"{needed:,} bytes needed")
+        save_file(model_tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        save_file(optim_tensors, str(tmp / OPTIMIZER_FILE), metadata=optim_header)
+        for rank, rng in enumerate(rng_states):
+            (tmp / f"rng_rank{rank}.json").write_text(json.dumps(rng))
+        files = {}
+        for file in sorted(tmp.iterdir()):
+            _fsync(file)
+            files[file.name] = {"bytes": file.stat().st_size, "sha256": sha256(file)}
         state_file = tmp / STATE_FILE
-        state_file.write_text(json.dumps(record, indent=1))
+        state_file.write_text(json.dumps({"format_version": FORMAT_VERSION, **state, "files": files}, indent=1))
         _fsync(state_file)
-        for directory in [tmp / "state", tmp]:
-            _fsync(directory)
-        if path.exists():  # only when a run re-saves a step it already saved; keep the old one until the swap
-            stale = path.with_name(path.name + ".old")
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(path, stale)
-            os.replace(tmp, path)
-            shutil.rmtree(stale)
-        else:
-            os.replace(tmp, path)
-        _fsync(path.parent)
-    dist_info.barrier()
+        _fsync(tmp)
+    except Exception as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_no_space(error):
+            newest = list_checkpoints(path.parent.parent)
+            kept = f"the earlier checkpoints are intact (newest {newest[-1].name})" if newest else "nothing was kept"
+            raise NoSpaceError(
+                f"no space left on {path.parent} while writing checkpoint {path.name}; {kept}: free some space "
+                "and rerun the same command to resume."
+            ) from None
+        raise
+    if path.exists():  # only when a run re-saves a step it already saved; keep the old one until the swap
+        stale = path.with_name(path.name + ".old")
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(path, stale)
+        os.replace(tmp, path)
+        shutil.rmtree(stale)
+    else:
+        os.replace(tmp, path)
+    _fsync(path.parent)
 
 
-def read_checkpoint_state(path: Path) -> dict[str, Any]:
-    """Check that ``path`` is a complete checkpoint and return its trainer state; ``CheckpointError`` if not."""
+# -- checking and loading -------------------------------------------------------------------------------------------
+
+
+def checkpoint_problem(path: Path, verify: bool = True) -> tuple[str | None, dict[str, Any] | None]:
+    """``(None, trainer state)`` for a complete checkpoint, else ``(what is wrong, None)``.
+
+    ``verify`` also compares every file's SHA-256 with the one recorded when it was written (reads all of it).
+    """
     state_file = path / STATE_FILE
-    previous = [p for p in _step_dirs(path.parent) if p.name < path.name]
-    fix = (
-        f"delete {path} and resume from the previous checkpoint ({previous[-1]})"
-        if previous
-        else f"delete {path} (there is no earlier checkpoint; the run restarts from step 0)"
-    )
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist; give an existing checkpoint directory or resume=auto.")
+        return "does not exist", None
     try:
         state = json.loads(state_file.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} is incomplete: {state_file} is missing; {fix}.") from None
+        return f"is incomplete ({STATE_FILE} is missing: the save was interrupted)", None
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"checkpoint file {state_file} is corrupt ({error}); {fix}.") from None
-    if state.get("format_version") != FORMAT_VERSION or "files" not in state:
-        raise CheckpointError(f"checkpoint file {state_file} has an unknown format; {fix}.")
-    for name, size in state["files"].items():
+        return f"has a corrupt {STATE_FILE} ({error})", None
+    if not isinstance(state, dict) or state.get("format_version") == 1:
+        return ("was written by an earlier iiet with torch.distributed.checkpoint, whose pickled metadata can run "
+                "code when loaded; iiet no longer reads that format"), None
+    if state.get("format_version") != FORMAT_VERSION or not isinstance(state.get("files"), dict):
+        return f"has an unknown format ({STATE_FILE} format_version={state.get('format_version')!r})", None
+    for name, record in state["files"].items():
         file = path / name
+        if not (isinstance(record, dict) and file.parent == path):
+            return f"has an invalid file list in {STATE_FILE}", None
         actual = file.stat().st_size if file.is_file() else None
-        if actual != size:
-            what = "is missing" if actual is None else f"has {actual} bytes, expected {size} (truncated?)"
-            raise CheckpointError(f"checkpoint file {file} {what}; {fix}.")
-    return state
+        if actual is None:
+            return f"lacks {name}", None
+        if actual != record.get("bytes"):
+            return f"has a truncated {name} ({actual} bytes, {record.get('bytes')} expected)", None
+        if verify and sha256(file) != record.get("sha256"):
+            return f"has a corrupt {name} (its SHA-256 differs from the one recorded when it was written)", None
+    for name in (MODEL_FILE, OPTIMIZER_FILE):
+        if name not in state["files"]:
+            return f"lacks {name}", None
+    return None, state
+
+
+def read_checkpoint_state(path: Path, verify: bool = True) -> dict[str, Any]:
+    """Check that ``path`` is a complete checkpoint and return its trainer state; ``CheckpointError`` if not."""
+    problem, state = checkpoint_problem(path, verify)
+    if problem is None:
+        return state
+    if problem == "does not exist":
+        raise CheckpointError(f"checkpoint {path} does not exist; give an existing checkpoint directory or "
+                              "--run.resume auto.")
+    previous = [p for p in _step_dirs(path.parent) if p.name < path.name]
+    fix = (f"resume from the previous checkpoint (--run.resume {previous[-1]})" if previous
+           else "start a new run in another --run.output_dir")
+    raise CheckpointError(f"checkpoint {path} {problem}; {fix}.")
 
 
 def load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, dist_info: Distributed
 ) -> dict[str, Any]:
-    """Restore model, optimizer and this rank's random states from ``path``; return the trainer state."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    """Restore model, optimizer and this rank's random states from ``path``; return the trainer state.
 
-    state = read_checkpoint_state(path)
-    model_state, optim_state = get_state_dict(model, optimizer)
+    Every rank reads the full state (no pickle anywhere) and keeps its own shard of it under FSDP2.
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = read_checkpoint_state(path, verify=False)  # the files were verified when the checkpoint was chosen
+    rng_file = path / f"rng_rank{dist_info.rank}.json"
     try:
-        with _quiet_dcp():
-            dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=path / "state")
-    except Exception as error:  # DCP wraps reader failures in CheckpointException and friends
-        message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        model_state, _ = _read_safetensors(path / MODEL_FILE)
+        optim_state = _optimizer_state(*_read_safetensors(path / OPTIMIZER_FILE))
+        # A checkpoint from a smaller world size has no random state for the extra ranks.
+        rng = json.loads(rng_file.read_text()) if rng_file.is_file() else None
+        for alias, first in _aliases(model).items():
+            model_state[alias] = model_state[first]
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, model_state, options=options)
+        set_optimizer_state_dict(model, optimizer, optim_state, options=options)
+        if rng is not None:
+            set_rng_state(rng)
+    except Exception as error:  # safetensors, JSON and state-dict errors alike: the files are not what they claim
+        lines = str(error).strip().splitlines()
         raise CheckpointError(
-            f"checkpoint {path / 'state'} cannot be read ({message}); delete {path} and resume from the previous "
-            "checkpoint."
+            f"checkpoint {path} cannot be loaded ({type(error).__name__}: {lines[0] if lines else ''}); resume "
+            "from an earlier checkpoint (--run.resume PATH) or start a new run in another --run.output_dir."
         ) from None
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
-    rng_file = path / f"rng_rank{dist_info.rank}.pt"
-    if rng_file.is_file():  # a checkpoint from a different world size has no state for the extra ranks
-        _set_rng_state(torch.load(rng_file, weights_only=True))
     return state
 
 
 def find_resume_checkpoint(output_dir: str | Path, resume: str) -> Path | None:
     """The checkpoint to resume from (``resume`` = "auto" | "none" | a path), or None for a fresh start.
 
-    With "auto", invalid checkpoints are skipped with a warning in favour of the newest valid one; an explicitly
-    named checkpoint that is invalid raises ``CheckpointError``.
+    With "auto", invalid checkpoints are skipped with a warning in favour of the newest valid one; when there are
+    checkpoints but none is valid, or an explicitly named checkpoint is invalid, ``CheckpointError``: a run never
+    silently starts over (and prunes) checkpoints it could not read.
     """
+    output_dir = Path(output_dir)
     if resume == "none":
         existing = list_checkpoints(output_dir)
         if existing:
@@ -224,12 +383,21 @@ def find_resume_checkpoint(output_dir: str | Path, resume: str) -> Path | None:
         path = Path(resume)
         read_checkpoint_state(path)
         return path
-    for path in reversed(list_checkpoints(output_dir)):
-        try:
-            read_checkpoint_state(path)
+    candidates = list_checkpoints(output_dir)
+    skipped = []
+    for path in reversed(candidates):
+        problem, _ = checkpoint_problem(path)
+        if problem is None:
+            if skipped:
+                warnings.warn(f"resuming from {path}, the newest valid checkpoint; skipped {'; '.join(skipped)}",
+                              stacklevel=2)
             return path
-        except CheckpointError as error:
-            warnings.warn(f"skipping checkpoint: {error}", stacklevel=2)
+        skipped.append(f"{path.name} (it {problem})")
+    if candidates:
+        raise CheckpointError(
+            f"none of the checkpoints in {output_dir / CHECKPOINTS} can be resumed from: {'; '.join(skipped)}; to "
+            f"start afresh, move {output_dir / CHECKPOINTS} away (or use another --run.output_dir)."
+        )
     return None
 
 

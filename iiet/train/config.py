@@ -84,6 +84,8 @@ class OptimConfig:
             ``batch_tokens / (seq_len * micro_batch_size * world_size)`` micro-batches.
         max_steps: optimizer steps to train for (give this or ``max_tokens``).
         max_tokens: tokens to train for; converted to ``max_tokens // batch_tokens`` steps.
+        skip_nonfinite_steps: optimizer steps with a non-finite gradient norm (NaN/inf loss) that may be skipped in
+            a row (no update; the step still counts) before the run stops with an error; 0 stops at the first.
     """
 
     lr: float = 3e-4
@@ -97,6 +99,7 @@ class OptimConfig:
     micro_batch_size: int = 8
     max_steps: int | None = None
     max_tokens: int | None = None
+    skip_nonfinite_steps: int = 0
 
 
 @dataclass
@@ -191,6 +194,8 @@ class TrainConfig:
             raise IIETError(f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1].")
         if o.grad_clip < 0 or o.weight_decay < 0:
             raise IIETError("optim.grad_clip and optim.weight_decay must be >= 0 (grad_clip 0 = no clipping).")
+        if o.skip_nonfinite_steps < 0:
+            raise IIETError(f"optim.skip_nonfinite_steps={o.skip_nonfinite_steps} must be >= 0 (0 = stop at the first).")
         if r.eval_every < 0 or r.checkpoint_every < 0:
             raise IIETError("run.eval_every and run.checkpoint_every must be >= 0 (0 = only at the end).")
         if self.data.path is None:

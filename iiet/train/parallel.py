@@ -8,7 +8,7 @@ computes ``mean over the global batch`` exactly as one process would (up to the 
 - ``fsdp``: FSDP2 ``fully_shard`` on each decoder layer (``model.model.layers``), then on the root (embeddings,
   final norm, LM head, the schemes' combination coefficients). Parameters become DTensors sharded over ranks.
 
-NCCL on GPU, gloo on CPU. Rank 0 logs and writes run files; checkpoints are written by every rank (DCP).
+NCCL on GPU, gloo on CPU. Rank 0 logs and writes run files and checkpoints (the full state, gathered from every rank).
 """
 
 from __future__ import annotations
@@ -59,6 +59,14 @@ class Distributed:
         if self.enabled:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
+
+    def gather_object(self, value) -> list | None:
+        """Every rank's ``value``, in rank order, on rank 0 (None elsewhere)."""
+        if not self.enabled:
+            return [value]
+        gathered = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
 
     def broadcast_object(self, value):
         """Rank 0's ``value`` on every rank."""

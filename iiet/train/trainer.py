@@ -21,6 +21,9 @@ import contextlib
 import copy
 import math
 import random
+import signal
+import sys
+import threading
 import time
 import warnings
 from functools import partial
@@ -40,14 +43,31 @@ from iiet.data.tokenizer import train_tokenizer
 from iiet.errors import IIETError
 from iiet.models.export import special_token_ids, with_special_tokens
 from iiet.models.presets import build_config
+from iiet.outputs import atomic_write, check_writable
 from iiet.train import checkpoint as ckpt
 from iiet.train.config import TrainConfig, warmup_cosine
+from iiet.train.lock import RunLock
 from iiet.train.metrics import MetricsLogger
 from iiet.train.parallel import gradient_sync, init_distributed, shutdown_distributed, wrap_model
 
 FINAL_DIR = "final"
 CONFIG_FILE = "train_config.yaml"
 _EPOCH_SEED_STRIDE = 1 << 20  # epoch e of seed s uses generator seed s * stride + e
+
+
+class TrainingDiverged(IIETError):
+    """The loss or gradient norm became non-finite; the run stopped before saving anything non-finite."""
+
+    exit_code = 1
+
+
+class TrainingInterrupted(IIETError):
+    """SIGINT/SIGTERM: the run saved a checkpoint and stopped; exit status 128 + the signal number."""
+
+    def __init__(self, number: int, step: int, checkpoint: Path):
+        self.exit_code = 128 + int(number)
+        super().__init__(f"interrupted by {signal.Signals(number).name} at step {step}; saved {checkpoint}: rerun "
+                         "the same command to resume.")
 
 
 def build_model_config(
@@ -114,8 +134,8 @@ class Trainer:
         self.dist = init_distributed(run.parallel, run.device)
         self.device = self.dist.device
         self.output_dir = Path(run.output_dir)
-        self._check_output_dir()
-        resume_from = ckpt.find_resume_checkpoint(self.output_dir, run.resume)
+        check_writable(self.output_dir, "--run.output_dir")  # creates nothing: a refused run leaves no trace
+        resume_from = self._on_main(lambda: ckpt.find_resume_checkpoint(self.output_dir, run.resume))
 
         self.train_data, self.val_data = self.build_data()
         self.seq_len = self.train_data.seq_len
@@ -140,30 +160,24 @@ class Trainer:
         self.optimizer = self.build_optimizer()
         self.scheduler = self.build_scheduler()
         self.data_order = DataOrder(len(self.train_data), run.seed)
-        self.step, self.tokens_seen = 0, 0
+        self.step, self.tokens_seen, self.skipped_steps, self.last_step_finite = 0, 0, 0, True
         self.elapsed_before = 0.0  # seconds spent in fit() by earlier sessions (and earlier calls) of this run
         self._fit_started: float | None = None
         if resume_from is not None:
             self.load_checkpoint(resume_from, checkpoint_state)
 
-        self.logger = None
+        # Everything is validated: from here on the run writes into output_dir, and is its only writer.
+        self.logger, self.lock = None, None
+        self._on_main(self._take_output_dir)
         if self.dist.is_main:
-            (self.output_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            atomic_write(self.output_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
             self.logger = MetricsLogger(self.output_dir, resume_step=self.step if resume_from else None)
 
     # -- set-up steps ---------------------------------------------------------------------------------------------
 
-    def _check_output_dir(self) -> None:
-        probe = self.output_dir / f".write_probe_{self.dist.rank}"
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            probe.write_text("")
-            probe.unlink()
-        except OSError as error:
-            raise IIETError(
-                f"run.output_dir {str(self.output_dir)!r} is not writable ({error.strerror}); choose a directory "
-                "you can write to (--run.output_dir DIR)."
-            ) from None
+    def _take_output_dir(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.output_dir)
 
     def build_data(self):
         """The train and validation ``PackedDataset``; prepares ``data.path`` from ``data.sources`` if needed."""
@@ -265,10 +279,15 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
             grad_norm = grad_norm.full_tensor()
-        self.optimizer.step()
-        self.scheduler.step()
+        # The norm of the averaged gradient is the same on every rank, so all ranks take the same decision. A
+        # non-finite loss on any rank makes it non-finite. Checking costs one device sync per optimizer step.
+        finite = bool(torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+        self.scheduler.step()  # a skipped step still counts: the schedule stays aligned with the step number
         self.optimizer.zero_grad(set_to_none=True)
         metrics["grad_norm"] = grad_norm.detach().float()
+        self.last_step_finite = finite
         return metrics
 
     @torch.no_grad()
@@ -316,40 +335,58 @@ class Trainer:
         summary: dict[str, Any] = {}
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.dist.is_main and run.progress_bar))
-        while self.step < stop_at:
-            step_start = time.perf_counter()
-            indices = self.data_order.take(self.batch_sequences)
-            lr = self.scheduler.get_last_lr()[0]
-            metrics = self.train_step(indices)
-            self.step += 1
-            self.tokens_seen += self.batch_sequences * self.seq_len
-            steps_this_session += 1
-            bar.update(1)
-            for name, value in metrics.items():
-                window[name] = window.get(name, 0.0) + value
-            window_steps += 1
-            window_seconds += time.perf_counter() - step_start
+        nonfinite_in_a_row = 0
+        self._signal, handlers = None, self._catch_signals()
+        try:
+            while self.step < stop_at:
+                step_start = time.perf_counter()
+                indices = self.data_order.take(self.batch_sequences)
+                lr = self.scheduler.get_last_lr()[0]
+                metrics = self.train_step(indices)
+                nonfinite_in_a_row = 0 if self.last_step_finite else nonfinite_in_a_row + 1
+                if nonfinite_in_a_row > self.config.optim.skip_nonfinite_steps:
+                    self._stop_diverged(metrics, lr)
+                self.step += 1
+                self.tokens_seen += self.batch_sequences * self.seq_len
+                self.skipped_steps += not self.last_step_finite
+                steps_this_session += 1
+                bar.update(1)
+                for name, value in metrics.items():
+                    window[name] = window.get(name, 0.0) + value
+                window_steps += 1
+                window_seconds += time.perf_counter() - step_start
 
-            if self.step % run.log_every == 0 or self.step == stop_at:
-                sync_start = time.perf_counter()  # .item() waits for the window's queued GPU work: count it
-                record = {name: self.dist.all_reduce_mean(value / window_steps).item() for name, value in window.items()}
-                window_seconds += time.perf_counter() - sync_start
-                record.update(lr=lr, tokens_per_s=window_steps * self.batch_sequences * self.seq_len / window_seconds)
-                self.log(record)
-                bar.set_postfix(loss=f"{record.get('loss', math.nan):.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window, window_steps, window_seconds = {}, 0, 0.0
+                if self.step % run.log_every == 0 or self.step == stop_at:
+                    sync_start = time.perf_counter()  # .item() waits for the window's queued GPU work: count it
+                    record = {name: self.dist.all_reduce_mean(value / window_steps).item()
+                              for name, value in window.items()}
+                    window_seconds += time.perf_counter() - sync_start
+                    record.update(lr=lr, tokens_per_s=window_steps * self.batch_sequences * self.seq_len / window_seconds)
+                    if self.skipped_steps:
+                        record["skipped_steps"] = self.skipped_steps
+                    self.log(record)
+                    bar.set_postfix(loss=f"{record.get('loss', math.nan):.3f}", lr=f"{lr:.2e}",
+                                    tok_s=f"{record['tokens_per_s']:.0f}")
+                    window, window_steps, window_seconds = {}, 0, 0.0
 
-            finished = self.step == self.total_steps
-            if (run.eval_every and self.step % run.eval_every == 0) or finished:
-                summary.update(self.evaluate())
-                self.log({k: v for k, v in summary.items() if k.startswith("val_")})
-            out_of_time = run.max_minutes is not None and self._all_agree(
-                time.perf_counter() - started > 60 * run.max_minutes
-            )
-            if (run.checkpoint_every and self.step % run.checkpoint_every == 0) or self.step == stop_at or out_of_time:
-                self.save_checkpoint()
-            if out_of_time:
-                break
+                finished = self.step == self.total_steps
+                if (run.eval_every and self.step % run.eval_every == 0) or finished:
+                    summary.update(self.evaluate())
+                    self.log({k: v for k, v in summary.items() if k.startswith("val_")})
+                out_of_time, interrupted = self._any_rank(
+                    run.max_minutes is not None and time.perf_counter() - started > 60 * run.max_minutes,
+                    self._signal is not None,
+                )
+                if ((run.checkpoint_every and self.step % run.checkpoint_every == 0) or self.step == stop_at
+                        or out_of_time or interrupted):
+                    saved = self.save_checkpoint()
+                if interrupted:
+                    raise TrainingInterrupted(self._signal or signal.SIGTERM, self.step, saved)
+                if out_of_time:
+                    break
+        finally:
+            for number, handler in handlers.items():
+                signal.signal(number, handler)
         bar.close()
         if self.step == self.total_steps:
             if "val_loss" not in summary:  # the run was already complete when this session started
@@ -376,6 +413,9 @@ class Trainer:
         if self.logger is not None:
             self.logger.close()
             self.logger = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
@@ -411,7 +451,7 @@ class Trainer:
 
     def _check_resumable(self, path: Path) -> dict[str, Any]:
         """The checkpoint's state, after checking it was made by this model on this data."""
-        state = ckpt.read_checkpoint_state(path)
+        state = ckpt.read_checkpoint_state(path, verify=False)  # verified when it was chosen
         # Through the config class, so that fields added since the checkpoint was written compare at their defaults.
         saved = ckpt.comparable_model_config(type(self.model_config).from_dict(state["model_config"]).to_dict())
         current = ckpt.comparable_model_config(self.model_config.to_dict())
@@ -449,26 +489,67 @@ class Trainer:
                                {CONFIG_FILE: yaml.safe_dump(self.config.to_dict(), sort_keys=False)})
         return output
 
+    # -- stopping early ---------------------------------------------------------------------------------------------
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """On SIGINT (Ctrl-C) or SIGTERM, finish the step, save a checkpoint and stop (``TrainingInterrupted``).
+
+        The first signal restores the previous handlers, so a second one stops at once (checkpoints are atomic).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(number, frame):
+            self._signal = number
+            for caught, previous in handlers.items():
+                signal.signal(caught, previous)
+            if self.dist.is_main:
+                print(f"\niiet: {signal.Signals(number).name}: saving a checkpoint after this step (send it again to "
+                      "stop at once)", file=sys.stderr, flush=True)
+
+        handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+        for number in handlers:
+            signal.signal(number, handler)
+        return handlers
+
+    def _stop_diverged(self, metrics: dict[str, torch.Tensor], lr: float) -> None:
+        """Log the non-finite step and raise ``TrainingDiverged``; the weights are still the last finite ones."""
+        record = {name: self.dist.all_reduce_mean(value).item() for name, value in metrics.items()}
+        if self.logger is not None:
+            self.logger.log({"step": self.step + 1, "tokens": self.tokens_seen, **record, "lr": lr})
+        kept = ckpt.list_checkpoints(self.output_dir)
+        raise TrainingDiverged(
+            f"training diverged at step {self.step + 1}: gradient norm {record['grad_norm']}, loss "
+            f"{record.get('loss')} (learning rate {lr:.3g}); nothing after step {self.step} was saved"
+            + (f", the last checkpoint is {kept[-1]}" if kept else "")
+            + ". Lower --optim.lr, lengthen --optim.warmup_ratio or clip harder (--optim.grad_clip), or let "
+            "--optim.skip_nonfinite_steps N skip up to N such steps in a row."
+        )
+
     # -- helpers --------------------------------------------------------------------------------------------------
 
-    def _all_agree(self, flag: bool) -> bool:
-        """True on every rank if it is true on any (so all ranks stop at the same step)."""
-        value = torch.tensor(float(flag), device=self.device)
-        return bool(self.dist.all_reduce_sum(value).item() > 0)
+    def _any_rank(self, *flags: bool) -> list[bool]:
+        """Each flag, true on every rank if it is true on any (so all ranks stop at the same step)."""
+        if not self.dist.enabled:
+            return list(flags)
+        values = self.dist.all_reduce_sum(torch.tensor([float(f) for f in flags], device=self.device))
+        return [bool(v > 0) for v in values.tolist()]
 
-    def _on_main(self, fn) -> None:
-        """Run ``fn`` on rank 0 while the others wait; if it fails there, every rank raises."""
-        error, original = None, None
+    def _on_main(self, fn):
+        """Run ``fn`` on rank 0 while the others wait and return its result on every rank; if it fails there,
+        every rank raises."""
+        error, original, result = None, None, None
         if self.dist.is_main:
             try:
-                fn()
+                result = fn()
             except Exception as caught:
                 error, original = f"{caught}", caught
-        error = self.dist.broadcast_object(error)
+        error, result = self.dist.broadcast_object((error, result))
         if original is not None:
             raise original
         if error is not None:
             raise IIETError(f"rank 0 failed: {error}")
+        return result
 
 
 def run_training(config: TrainConfig, trainer_class: type[Trainer] = Trainer) -> dict[str, Any]:
