@@ -20,14 +20,18 @@ PROG = "iiet"
 # Shown at the end of `iiet COMMAND --help`; each line is a command a user can paste.
 EXAMPLES: dict[str, list[str]] = {
     "info": ["iiet info"],
-    "upcycle": ["iiet upcycle --source llama-dir --output_dir iiet-from-llama --scheme '{name: iiet, num_iterations: 2}'"],
-    "reproduce": ["iiet reproduce --preset smoke --output_dir runs/smoke", "iiet reproduce --preset 55M --output_dir runs/55M"],
+    "upcycle": ["iiet upcycle --llama_dir llama-dir --output_dir iiet-from-llama --scheme '{name: iiet, num_iterations: 2}'"],
+    "reproduce": ["iiet reproduce --preset tiny --output_dir runs/reproduce-tiny",
+                  "iiet reproduce --preset cpu-small --sources '[corpus.jsonl]' --eval_data_dir /data/zero-shot"],
     "bench": ["iiet bench --models '[transformer++,iiet=3,e-iiet]' --preset cpu-small",
               "iiet bench --models '[runs/iiet/final]' --output_dir bench_results"],
-    "influence": ["iiet influence --model runs/iiet/final --data data/wiki --output influence.json"],
-    "plan": ["iiet plan --influence influence.json --budget 0.2 --output plan.json"],
-    "distill": ["iiet distill --teacher runs/iiet/final --plan plan.json --data.path data/wiki --optim.max_steps 1000 "
-                "--run.output_dir runs/e-iiet"],
+    "influence": ["iiet influence --model runs/iiet/final --data data/wiki --output_dir runs/influence"],
+    "plan": ["iiet plan --influence runs/influence/influence.json --rule e-iiet --output plan.json",
+             "iiet plan --influence runs/influence/influence.json --rule budget --budget_flops_fraction 0.5"],
+    "distill": ["iiet distill --distill.teacher runs/iiet/final --distill.plan plan.json --data.path data/wiki "
+                "--optim.max_steps 1000 --run.output_dir runs/e-iiet"],
+    "export": ["iiet export --model runs/euler/final --to llama --output_dir llama-export"],
+    "serve": ["iiet serve --model runs/iiet/final --port 8000"],
     "train": ["iiet train --config configs/iiet-r3-55M.yaml --data.path data/wiki --run.output_dir runs/iiet",
               "iiet train --config configs/iiet-r3-55M.yaml --data.path data/wiki --run.resume auto   # continue",
               "torchrun --nproc_per_node 8 -m iiet.cli train --config configs/iiet-r3-340M.yaml --run.parallel fsdp"],

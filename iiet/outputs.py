@@ -77,3 +77,11 @@ def atomic_write(path: str | Path, content: str | bytes) -> Path:
         else:
             tmp.write_text(content)
     return Path(path)
+
+
+def atomic_savefig(figure, path: str | Path, **options) -> Path:
+    """``figure.savefig`` to ``path`` atomically (the format follows the suffix: png, pdf, svg)."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", **options)
+    return path

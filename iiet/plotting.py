@@ -21,11 +21,12 @@ def pyplot():
 
 
 def save_figure(figure, path: str | Path, dpi: int = DPI) -> Path:
-    """Lay out, write (PNG, PDF or SVG by the suffix; parent folders created) and close ``figure``."""
+    """Lay out, write atomically (PNG, PDF or SVG by the suffix; parent folders created) and close ``figure``."""
+    from iiet.outputs import atomic_savefig
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=dpi)
+    atomic_savefig(figure, path, dpi=dpi)
     pyplot().close(figure)
     return path
 

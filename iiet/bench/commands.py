@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from iiet.errors import IIETError
+from iiet.outputs import atomic_write, check_writable
 
 from . import report
 from .runner import Entry, Settings, describe, load_model, machine, measure, resolve_device
@@ -137,14 +138,13 @@ def bench(
             per-kernel host overhead that bounds eager decoding of small models. On CPU the same step runs eagerly.
         output_dir: where results.md, decode_vs_iterations.png and results.json go.
     """
+    out = check_writable(output_dir, "--output_dir")
     result = run_benchmark(models, preset, batch_sizes, prompt_len, new_tokens, repeats, device, compile, cuda_graphs)
-    out = pathlib.Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     text = render(result)
     print(text)
-    (out / "results.md").write_text(text + "\n")
+    atomic_write(out / "results.md", text + "\n")
     plot = out / "decode_vs_iterations.png"
     if report.plot_iterations(result["models"], result["settings"]["batch_sizes"], str(plot)):
         print(f"\nwrote {plot}")
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")  # last: its presence means a full run
+    atomic_write(out / "results.json", json.dumps(result, indent=2) + "\n")  # last: its presence means a full run
     print(f"wrote {out / 'results.md'}\nwrote {out / 'results.json'}")

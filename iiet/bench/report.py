@@ -249,7 +249,9 @@ def plot_iterations(results: list[dict[str, Any]], batch_sizes: list[int], path:
     for label, x, r in zip([r["label"] for r in family], rs, family):
         speed.annotate(label, (x, r["batches"][batch_sizes[0]]["decode_tokens_per_s"]), fontsize=7,
                        textcoords="offset points", xytext=(3, 3))
+    from iiet.outputs import atomic_savefig
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return True

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from iiet.models.cache import SlotCache
 from iiet.models.costs import flops_per_token, kv_cache_bytes_per_token
@@ -74,9 +73,9 @@ def resolve_device(device: str) -> tuple[torch.device, torch.dtype]:
 
 def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> IIETForCausalLM:
     if spec.checkpoint is not None:
-        model = AutoModelForCausalLM.from_pretrained(spec.checkpoint, dtype=dtype).to(device)
-        if not isinstance(model, IIETForCausalLM):
-            raise TypeError(f"{spec.checkpoint} holds a {type(model).__name__}, not an iiet model.")
+        from iiet.iiad.identity import load_model as load_checkpoint  # one-line errors for a bad folder
+
+        model = load_checkpoint(spec.checkpoint, device, dtype)
     else:
         torch.manual_seed(WEIGHT_SEED)
         with torch.device(device):  # initialise on the device: fast for the large presets

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from iiet.data.prepare import prepare_data
 from iiet.data.tokenizer import train_tokenizer
+from iiet.outputs import check_writable
 
 
 def tokenizer_train(
@@ -32,6 +33,7 @@ def tokenizer_train(
         max_documents: Train on at most this many documents in total (default: all).
         text_field: Field holding the text in .jsonl/.json/.parquet records and HF datasets.
     """
+    check_writable(output_dir, "--output_dir")  # before reading any text
     tokenizer = train_tokenizer(
         sources, output_dir, vocab_size=vocab_size, min_frequency=min_frequency, max_documents=max_documents,
         text_field=text_field,
@@ -76,6 +78,7 @@ def data_prepare(
         max_replacement_share: Refuse a file whose share of undecodable (non-UTF-8) characters exceeds this
             (binary files are refused outright); 1 tokenizes anything.
     """
+    check_writable(output_dir, "--output_dir")  # before reading any text
     prepare_data(
         sources, tokenizer, output_dir, seq_len=seq_len, val_fraction=val_fraction, max_documents=max_documents,
         seed=seed, num_proc=num_proc, text_field=text_field, num_nodes=num_nodes, node_rank=node_rank,

@@ -147,14 +147,15 @@ def write_reports(results: Mapping[str, Mapping[str, Any]], output_dir: str | Pa
     """Write ``table.md``, ``results.csv`` and ``results.json`` into ``output_dir``; returns their paths."""
     import lm_eval
 
+    from iiet.outputs import atomic_file, atomic_write
+
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": output_dir / "table.md", "csv": output_dir / "results.csv", "json": output_dir / "results.json"}
 
-    paths["markdown"].write_text(markdown_table(results))
+    atomic_write(paths["markdown"], markdown_table(results))
 
     columns, rows = table_rows(results)
-    with paths["csv"].open("w", newline="") as f:
+    with atomic_file(paths["csv"]) as tmp, tmp.open("w", newline="") as f:
         values = [c.header for c in columns] + [AVERAGE]
         writer = csv.DictWriter(f, fieldnames=["Model", *values, *(v + STDERR for v in values), LIMIT])
         writer.writeheader()
@@ -168,5 +169,5 @@ def write_reports(results: Mapping[str, Mapping[str, Any]], output_dir: str | Pa
         "tasks": {name: task_summary(output) for name, output in results.items()},
         "models": dict(results),
     }
-    paths["json"].write_text(json.dumps(document, indent=2, default=_json_default))
+    atomic_write(paths["json"], json.dumps(document, indent=2, default=_json_default))
     return paths

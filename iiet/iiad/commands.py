@@ -16,6 +16,7 @@ from iiet.iiad.influence import Influence
 from iiet.iiad.measure import measure_influence
 from iiet.iiad.plan import make_plan
 from iiet.train.config import DataConfig, OptimConfig, RunConfig
+from iiet.outputs import check_writable
 from iiet.train.parallel import is_main_process
 
 DISTILL_LR = 2e-4  # Appendix B.2: cosine decay from 2e-4
@@ -71,6 +72,7 @@ def plan(
         context: Keys attended per token when counting attention FLOPs.
         output: The plan file to write.
     """
+    check_writable(output, "--output", kind="file")
     result = make_plan(Influence.load(influence), rule, threshold, budget_evaluations, budget_flops_fraction, keep,
                        context, influence_file=influence)
     path = result.save(output)

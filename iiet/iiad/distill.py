@@ -26,6 +26,7 @@ hooks: ``build_model_config`` (the student's config from the teacher's), ``build
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -160,6 +161,30 @@ def build_student(source: nn.Module, config: IIETConfig) -> tuple[nn.Module, lis
     return student.train(), reinitialised
 
 
+def check_same_tokenizer(teacher: str, meta: dict[str, Any], data_path: str) -> None:
+    """``IIETError`` if the data was prepared with a tokenizer other than the one saved with the teacher.
+
+    Token ids mean different strings under another tokenizer, so the teacher's targets would be noise, and the
+    student would be exported with the data's tokenizer. A teacher saved without a tokenizer cannot be checked.
+    """
+    from transformers import AutoTokenizer
+
+    from iiet.data.packed import tokenizer_hash
+
+    if not any((Path(teacher) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return
+    try:
+        expected = tokenizer_hash(AutoTokenizer.from_pretrained(teacher))
+    except Exception as error:  # a broken tokenizer in the teacher folder: say which
+        raise IIETError(f"cannot read the tokenizer saved with the teacher {teacher} ({str(error).splitlines()[0]}); "
+                        "save the teacher with its tokenizer.") from None
+    if meta.get("tokenizer_hash") != expected:
+        raise IIETError(
+            f"the data in {data_path} was prepared with another tokenizer ({meta.get('tokenizer')}) than the "
+            f"teacher's ({teacher}); prepare it with the teacher's: `iiet data-prepare --tokenizer {teacher} ...`."
+        )
+
+
 # -- the trainer ----------------------------------------------------------------------------------------------------
 
 
@@ -235,6 +260,12 @@ class DistillationTrainer(Trainer):
             print(f"teacher {d.teacher}: {self.teacher.config.num_block_evaluations} block evaluations per token; "
                   f"student {self.student_scheme}: {self.model_config.num_block_evaluations}"
                   + (f"; left at their initial values: {self.reinitialised}" if self.reinitialised else ""))
+
+    def build_data(self):
+        """The training data, after checking it was tokenized by the teacher's tokenizer (the student ships it)."""
+        train, val = super().build_data()
+        check_same_tokenizer(self.config.distill.teacher, train.meta, self.config.data.path)
+        return train, val
 
     def build_model_config(self) -> IIETConfig:
         """The source's config with the student scheme; its special-token ids are the data's tokenizer's, not what

@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from iiet.errors import IIETError
+from iiet.outputs import atomic_write
 
 
 def write_json(path: str | Path, format: str, version: int, values: dict[str, Any]) -> Path:
     """Write ``values`` tagged with its file ``format`` and ``version``; creates the parent folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": format, "version": version, **values}, indent=1) + "\n")
-    return path
+    return atomic_write(path, json.dumps({"format": format, "version": version, **values}, indent=1) + "\n")
 
 
 def read_json(path: str | Path, what: str, command: str) -> Any:
@@ -23,6 +21,10 @@ def read_json(path: str | Path, what: str, command: str) -> Any:
     if not path.is_file():
         raise IIETError(f"{what} {path} does not exist; make one with `{command}`.")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise IIETError(f"{path} is not JSON ({error}); give a {what} written by `{command}`.") from None
+        raw = json.loads(path.read_text())
+    except ValueError as error:  # not JSON, or not even text
+        raise IIETError(f"{path} is not JSON ({str(error)[:80]}); give a {what} written by `{command}`.") from None
+    if not isinstance(raw, dict):
+        raise IIETError(f"{path} holds a JSON {type(raw).__name__}, not the object of a {what}; give a {what} "
+                        f"written by `{command}`.")
+    return raw

@@ -15,6 +15,7 @@ from iiet.iiad.identity import load_model, resolve_device, resolve_dtype
 from iiet.iiad.influence import Influence, compute_influence
 from iiet.iiad.plots import plot_block_influence, plot_iteration_influence
 from iiet.iiad.segments import is_prepared_data, sample_segments
+from iiet.outputs import check_writable
 
 INFLUENCE_FILE = "influence.json"
 HEATMAP_FILE = "iteration_influence.png"
@@ -62,6 +63,7 @@ def measure_influence(
     Returns:
         the measured ``Influence`` and the paths of the files written (``influence``, ``heatmap``, ``block_plot``).
     """
+    check_writable(output_dir, "--output_dir")  # before the model loads and the segments run
     others = [Influence.load(path) for path in compare or []]  # fail on a bad path before the long part
     network = load_model(model, resolve_device(device), resolve_dtype(dtype))
     if seq_len is None:

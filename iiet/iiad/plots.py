@@ -88,9 +88,10 @@ def _model_label(influence: Influence) -> str:
 
 def _save(figure, path: str | Path) -> Path:
     plt = _pyplot()
+    from iiet.outputs import atomic_savefig
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=130)
+    atomic_savefig(figure, path, dpi=130)
     plt.close(figure)
     return path

@@ -9,6 +9,7 @@ converted LLaMA computes exactly the LLaMA; with ``r > 0`` it starts as the fixe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,22 @@ def upcycle(llama_dir: str, output_dir: str, scheme: dict[str, Any] | str = "iie
     """
     from transformers import LlamaForCausalLM
 
+    from iiet.outputs import check_writable
+
     src, dst = Path(llama_dir), Path(output_dir)
     if not (src / "config.json").is_file():
         raise IIETError(f"{src} has no config.json; point llama_dir at a LlamaForCausalLM.save_pretrained directory.")
-    if dst.exists() and any(dst.iterdir()):
+    if dst.is_dir() and any(dst.iterdir()):
         raise IIETError(f"{dst} is not empty; choose a new output_dir so nothing is overwritten.")
+    check_writable(dst, "--output_dir")
+    try:
+        model_type = json.loads((src / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError):  # not JSON, not text, or not an object
+        raise IIETError(f"{src / 'config.json'} is not a model config (JSON object); point llama_dir at a "
+                        "LlamaForCausalLM.save_pretrained directory.") from None
+    if model_type != "llama":
+        raise IIETError(f"{src} holds a {model_type!r} model, not a LLaMA; upcycle converts LlamaForCausalLM "
+                        "checkpoints (model_type 'llama').")
     try:
         llama = LlamaForCausalLM.from_pretrained(src)
     except Exception as error:  # noqa: BLE001 - any load failure is reported as bad input

@@ -137,6 +137,9 @@ class StudyConfig:
                 resolve(arm, PRESETS[self.preset]["num_hidden_layers"])
             except IIETError as error:
                 raise IIETError(f"unknown arm {arm!r}: {error}") from None
+        from iiet.outputs import check_writable
+
+        check_writable(self.output_dir, "--output_dir")  # before hours of data preparation and training
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from iiet.errors import IIETError
+
 METRICS_FILE = "metrics.jsonl"
 # A run whose ``loss`` is not the plain next-token cross-entropy (distillation: CE + alpha MSE + beta KL) logs its
 # cross-entropy term under this name, so that plots compare cross-entropy with cross-entropy.
@@ -77,10 +79,16 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise IIETError(f"{path} is not a metrics file (not text); give a run directory written by `iiet train`.") from None
     records = []
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:  # a run killed mid-write leaves at most one partial line
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from iiet.errors import IIETError
+from iiet.outputs import check_writable
 from iiet.plotting import distinct_colors, pyplot, save_figure
 from iiet.train.metrics import CROSS_ENTROPY, METRICS_FILE, read_metrics
 
@@ -43,11 +44,15 @@ def loss_curves_figure(runs: list[str], labels: list[str] | None = None, x_axis:
     """
     if labels is not None and len(labels) != len(runs):
         raise IIETError(f"got {len(labels)} labels for {len(runs)} runs; give one label per run or none.")
+    check_writable(output, "--output", kind="file")
     metrics_files = [Path(run) / METRICS_FILE if Path(run).is_dir() else Path(run) for run in runs]
     for metrics_file in metrics_files:
         if not metrics_file.is_file():
             raise IIETError(f"{metrics_file} does not exist; give run directories that hold a {METRICS_FILE}.")
     all_records = [read_metrics(metrics_file) for metrics_file in metrics_files]
+    for metrics_file, records in zip(metrics_files, all_records):
+        if not any("loss" in r or "val_loss" in r for r in records):
+            raise IIETError(f"{metrics_file} holds no loss records yet; plot runs that have logged a step.")
     coordinate, scale, x_label = x_axis, 1.0, X_LABELS.get(x_axis)
     if x_axis == "time":
         coordinate = "elapsed_s"
