@@ -28,22 +28,18 @@ from iiet.train.checkpoint import sha256
 from iiet.train.metrics import read_metrics
 
 SEQ_LEN = 32
-WORDS = ("the cat dog bird sat ran flew on under over a mat tree house red blue small big quickly slowly and then "
-         "because it was day night warm cold river hill").split()
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """~60 KB of seeded pseudo-English, a 300-token BPE and 32-token sequences (seconds to build)."""
+def corpus(corpus_file, tmp_path_factory) -> Path:
+    """The shared English-like corpus with a 300-token BPE and 32-token sequences (seconds to build)."""
     from iiet.data import prepare_data, train_tokenizer
 
     root = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    documents = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 120))) + "." for _ in range(150)]
-    source = root / "docs.jsonl"
-    source.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
-    train_tokenizer([str(source)], root / "tokenizer", vocab_size=300)
-    prepare_data([str(source)], str(root / "tokenizer"), root / "packed", seq_len=SEQ_LEN, val_fraction=0.1)
+    shutil.copy(corpus_file, root / "docs.jsonl")
+    train_tokenizer([str(root / "docs.jsonl")], root / "tokenizer", vocab_size=300)
+    prepare_data([str(root / "docs.jsonl")], str(root / "tokenizer"), root / "packed", seq_len=SEQ_LEN,
+                 val_fraction=0.1)
     return root
 
 
