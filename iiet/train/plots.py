@@ -30,6 +30,7 @@ def plot_loss_curves(
     x_axis: XAxis = "tokens",
 ) -> Path:
     """Draw ``loss_curves_figure`` of ``runs`` into ``output`` (PNG, PDF or SVG by its suffix)."""
+    check_writable(output, "--output", kind="file")  # before reading the runs
     return save_figure(loss_curves_figure(runs, labels, x_axis), output)
 
 
@@ -44,7 +45,6 @@ def loss_curves_figure(runs: list[str], labels: list[str] | None = None, x_axis:
     """
     if labels is not None and len(labels) != len(runs):
         raise IIETError(f"got {len(labels)} labels for {len(runs)} runs; give one label per run or none.")
-    check_writable(output, "--output", kind="file")
     metrics_files = [Path(run) / METRICS_FILE if Path(run).is_dir() else Path(run) for run in runs]
     for metrics_file in metrics_files:
         if not metrics_file.is_file():
