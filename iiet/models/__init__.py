@@ -12,6 +12,7 @@ from .configuration_iiet import (
     parse_scheme,
 )
 from .modeling_iiet import IIETForCausalLM, IIETModel, IIETOutput
+from .schemes import SchemeOptions, SchemeOutput
 
 __all__ = [
     "SCHEMES",
@@ -24,6 +25,8 @@ __all__ = [
     "ImplicitEulerScheme",
     "PredictorCorrectorScheme",
     "SchemeConfig",
+    "SchemeOptions",
+    "SchemeOutput",
     "WeightSharedScheme",
     "parse_scheme",
 ]

@@ -157,6 +157,10 @@ class DLCLScheme(SchemeConfig):
     def stage_labels(self, num_stages: int) -> list[str]:
         return ["initial compute"] + [f"iteration {i}" for i in range(1, num_stages)]
 
+    def corrector_config(self) -> CorrectorConfig:
+        """How corrections step (DLCL has none: the fixed point, never used)."""
+        return parse_corrector(None)
+
     def validate(self, num_layers: int) -> None:
         if self.history not in HISTORY_READINGS:
             raise SchemeConfigError(

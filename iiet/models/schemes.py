@@ -231,8 +231,7 @@ class ImplicitEuler(nn.Module):
         L = config.num_hidden_layers
         self.history = LayerHistory(L, config.hidden_size, scheme.history)
         self.corrections = scheme.corrections(L)
-        corrector = getattr(scheme, "corrector_config", None)
-        self.corrector = corrector() if corrector else parse_corrector(None)
+        self.corrector = scheme.corrector_config()
 
     def forward(self, h: torch.Tensor, blocks: Blocks, options: SchemeOptions = SchemeOptions()) -> SchemeOutput:
         plan = self.corrections if options.plan is None else options.plan
