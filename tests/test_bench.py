@@ -120,7 +120,9 @@ def test_draft_model_specs(tmp_path):
     checkpoint = tmp_path / "run" / "final"
     IIETForCausalLM(build_config("tiny", {"name": "iiet", "num_iterations": 1})).save_pretrained(checkpoint)
     assert parse_spec(f"{checkpoint}+draft=adaptive:0.01:k=2", "tiny").label == "run + draft adaptive:0.01 (k=2)"
-    for bad in ("+draft", "iiet+draft:k=0", "iiet+draft=0,1", "transformer+++draft", "iiet+draft=lower-bound:k=x"):
+    spec = parse_spec("iiet+draft:k=6:c=0.5", "tiny")
+    assert spec.draft_confidence == 0.5 and spec.label == "IIET (r=3) + draft lower-bound (k=6, c=0.5)"
+    for bad in ("+draft", "iiet+draft:k=0", "iiet+draft:k=2:c=1.5", "iiet+draft=0,1", "transformer+++draft", "iiet+draft=lower-bound:k=x"):
         with pytest.raises(IIETError):
             parse_spec(bad, "tiny")
 

@@ -85,6 +85,15 @@ def test_greedy_speculative_decoding_gives_plain_greedy_tokens(scheme, draft):
     assert 0 < accepted < drafted  # drafts were both kept and rejected: the roll-back really ran
 
 
+def test_draft_length_adapted_to_the_drafts_confidence_keeps_the_tokens():
+    model = _disagreeing(SCHEMES["iiet-r2"])
+    ids, mask = _prompts(2, 7, pad=(0, 3), seed=3)
+    reference = generate_fast(model, ids, 20, attention_mask=mask)
+    out, stats = generate_speculative(model, ids, 20, "lower-bound", 5, attention_mask=mask, draft_confidence=0.5)
+    assert torch.equal(out, reference)
+    assert stats.shortened > 0  # some rounds stopped drafting early
+
+
 def test_a_draft_with_the_full_plan_is_always_accepted():
     model = _disagreeing(SCHEMES["e-iiet"])
     ids, _ = _prompts(2, 6)
@@ -213,7 +222,8 @@ def test_draft_plans_are_validated():
     with pytest.raises(IIETError, match="num_beams"):
         model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=3, num_beams=2, draft_plan="lower-bound")
     with pytest.raises(IIETError, match="streamer"):
-        model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=3, streamer=object(), draft_plan="lower-bound")
+        model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=3, streamer=object(),
+                       draft_plan="lower-bound")
 
 
 # -- sampling: plain sampling's distribution ------------------------------------------------------------------------
@@ -245,17 +255,20 @@ def _exact_joint(model, sampling: Sampling, plan=None) -> torch.Tensor:
     return (probs.gather(2, grid[:, :, None]).squeeze(2)).prod(1)
 
 
-def _sampled_counts(model, sampling: Sampling, seed: int) -> torch.Tensor:
+def _sampled_counts(model, sampling: Sampling, seed: int, confidence: float | None = None) -> torch.Tensor:
     """Counts of (t1, t2, t3) over STAT_DRAWS speculative samples with k = 2 drafts, flat (V^3,). The draws are the
     rows of a batch: each row accepts on its own."""
     V, B, k = STAT_VOCAB, 4000, 2
     counts = torch.zeros(V**3, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
-    decoder = SpeculativeDecoder(model, "lower-bound", k, B, 64, sampling, generator)
+    decoder = SpeculativeDecoder(model, "lower-bound", k, B, 64, sampling, generator, draft_confidence=confidence)
+    shortened = 0
     for _ in range(STAT_DRAWS // B):
         first = decoder.prefill(torch.tensor(STAT_PROMPT).expand(B, -1))
         tokens = torch.cat([first, decoder.decode(3)], 1)  # t1 from the prefill; one round of 2 drafts makes t2, t3
         counts += torch.bincount(tokens[:, 0] * V * V + tokens[:, 1] * V + tokens[:, 2], minlength=V**3)
+        shortened += decoder.stats.shortened
+    assert confidence is None or shortened  # the confidence rule really cut drafts short
     return counts
 
 
@@ -275,17 +288,17 @@ def _chi_square(counts: torch.Tensor, p: torch.Tensor) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize(
-    "sampling", [Sampling(temperature=0.3), Sampling(temperature=0.7, top_k=5, top_p=0.9)],
-    ids=["temperature", "temperature-top-k-top-p"],
+    "sampling, confidence", [(Sampling(temperature=0.3), None), (Sampling(temperature=0.7, top_k=5, top_p=0.9), 0.3)],
+    ids=["temperature", "temperature-top-k-top-p-adaptive-draft-length"],
 )
-def test_speculative_sampling_has_plain_samplings_distribution(sampling, monkeypatch):
+def test_speculative_sampling_has_plain_samplings_distribution(sampling, confidence, monkeypatch):
     model = _disagreeing({"name": "iiet", "num_iterations": 2}, scale=3.0, **STAT_MODEL).float()
     exact = _exact_joint(model, sampling)
     draft = _exact_joint(model, sampling, plan=[0, 0])
     assert 0.5 * (draft - exact).abs().sum() > 0.15  # the draft's distribution is far from the full model's
-    statistic, critical = _chi_square(_sampled_counts(model, sampling, seed=0), exact)
+    statistic, critical = _chi_square(_sampled_counts(model, sampling, 0, confidence), exact)
     assert statistic < critical
     # The same test rejects a subtly wrong rule: it can fail.
     monkeypatch.setattr(speculative, "speculative_accept", _resample_from_p)
-    statistic, critical = _chi_square(_sampled_counts(model, sampling, seed=0), exact)
+    statistic, critical = _chi_square(_sampled_counts(model, sampling, 0, confidence), exact)
     assert statistic > critical

@@ -124,9 +124,10 @@ def bench(
             (default: an uneven plan keeping the paper's 15/72 of the corrections), ``lower-bound``,
             ``adaptive[=tol]``, ``anderson[=window]``; ``-fl`` = the explicit-first-layer variant (``iiet-fl``,
             ``pcformer-fl``); or a checkpoint directory (the table of names: ``iiet.models.names``). Append
-            ``+draft[=DRAFT][:k=K]`` to decode by exact self-speculative decoding: the same weights draft ``K``
-            tokens per round (default 4) with the cheaper plan ``DRAFT`` (``lower-bound`` (default),
-            ``e-iiet:PLAN.json``, ``adaptive[:TOL]``, ``r0,r1,...``), e.g. ``iiet+draft=lower-bound:k=4``.
+            ``+draft[=DRAFT][:k=K][:c=C]`` to decode by exact self-speculative decoding: the same weights draft
+            ``K`` tokens per round (default 4) with the cheaper plan ``DRAFT`` (``lower-bound`` (default),
+            ``e-iiet:PLAN.json``, ``adaptive[:TOL]``, ``r0,r1,...``), fewer where the draft's probability falls
+            below ``C``; e.g. ``iiet+draft=lower-bound:k=4``.
         preset: model size for specs without their own ``PRESET:`` (tiny, cpu-small, 55M, 340M, 740M).
         batch_sizes: batch sizes to sweep; default 1, 8, 32 on GPU and 1, 4 on CPU.
         prompt_len: prompt tokens per row (prefill length).

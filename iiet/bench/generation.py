@@ -4,6 +4,10 @@
 the previous argmax. It skips ``model.generate()``'s per-step bookkeeping (logits processors, stopping criteria, mask
 growth), so the time measured is the model's, and the slots are written in place (no per-token allocation).
 ``model.generate(..., past_key_values=SlotCache.for_model(model, B, T + new))`` gives the same tokens.
+
+``generate_speculative`` (from ``iiet.models.speculative``, where ``model.generate(..., draft_plan=...)`` finds it too)
+gives the same tokens again by self-speculative decoding: the same weights draft ``k`` tokens per round with a
+cheaper iteration plan in their own ``SlotCache``, and one verifier forward scores them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from typing import Callable
 import torch
 
 from iiet.models.cache import SlotCache
+from iiet.models.speculative import generate_speculative
+
+__all__ = ["decode", "decode_step", "generate_fast", "generate_speculative", "prefill"]
 
 DecodeStep = Callable[[torch.nn.Module, torch.Tensor, SlotCache], torch.Tensor]
 

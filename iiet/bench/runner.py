@@ -98,7 +98,8 @@ def _decoder(entry: Entry, batch_size: int, settings: Settings) -> SpeculativeDe
     """The self-speculative decoder of a draft entry: both caches, sized for one prefill and ``new_tokens`` more."""
     k = entry.spec.num_draft_tokens
     length = speculative_max_length(settings.prompt_len, settings.new_tokens + 1, k, batch_size)
-    return SpeculativeDecoder(entry.model, entry.spec.draft, k, batch_size, length, profile=True)
+    return SpeculativeDecoder(entry.model, entry.spec.draft, k, batch_size, length, profile=True,
+                              draft_confidence=entry.spec.draft_confidence)
 
 
 def describe(entry: Entry, settings: Settings) -> dict[str, Any]:
@@ -110,6 +111,7 @@ def describe(entry: Entry, settings: Settings) -> dict[str, Any]:
         plan = resolve_draft(config, entry.spec.draft)
         draft = {"spec": entry.spec.draft, "label": plan.label, "plan": list(plan.iteration_plan),
                  "adaptive_tolerance": plan.adaptive_tolerance, "num_draft_tokens": entry.spec.num_draft_tokens,
+                 "draft_confidence": entry.spec.draft_confidence,
                  "block_evaluations": plan.num_slots}
         kv_bytes += kv_bytes * plan.num_slots // config.num_block_evaluations  # the draft's own slots beside
     decode_context = settings.prompt_len + (settings.new_tokens + 1) / 2  # mean keys a decoded token attends to
@@ -169,12 +171,7 @@ def _cache_bytes(cache: SlotCache | SpeculativeDecoder) -> int:
 
 def _speculative_summary(stats: list[SpeculativeStats], identical: bool) -> dict[str, Any]:
     """Acceptance, tokens per verify forward and the time per round, over the timed runs."""
-    total = SpeculativeStats()
-    for one in stats:
-        for name in ("rounds", "draft_forwards", "row_rounds", "drafted", "accepted", "emitted", "compactions"):
-            setattr(total, name, getattr(total, name) + getattr(one, name))
-        for phase, seconds in one.seconds.items():
-            total.seconds[phase] += seconds
+    total = SpeculativeStats.total(stats)
     summary = total.to_dict()
     summary["ms_per_round"] = {phase: 1e3 * s / total.rounds for phase, s in total.seconds.items()}
     summary["identical_tokens"] = identical

@@ -7,10 +7,11 @@ explicit-first-layer variant of a model whose first layer is multi-pass. A check
 its config says and labelled with the folder name. ``PRESET:`` (e.g. ``55M:iiet``) overrides the benchmark's preset
 for that model.
 
-``SPEC+draft[=DRAFT][:k=K]`` decodes the model of ``SPEC`` by exact self-speculative decoding
+``SPEC+draft[=DRAFT][:k=K][:c=C]`` decodes the model of ``SPEC`` by exact self-speculative decoding
 (``iiet.models.speculative``): the same weights draft ``K`` tokens per round (default 4) with the cheaper plan
-``DRAFT`` (default ``lower-bound``; or ``e-iiet:PLAN.json``, ``adaptive[:TOL]``, ``r0,r1,...``), e.g.
-``iiet+draft=lower-bound:k=4`` or ``runs/iiet/final+draft:k=6``.
+``DRAFT`` (default ``lower-bound``; or ``e-iiet:PLAN.json``, ``adaptive[:TOL]``, ``r0,r1,...``), stopping a round's
+drafting early where the draft's probability falls below ``C`` (default: never), e.g.
+``iiet+draft=lower-bound:k=4`` or ``runs/iiet/final+draft:k=6:c=0.5``.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ class ModelSpec:
     preset: str | None = None
     draft: str | None = None  # decode by self-speculative decoding with this draft plan ...
     num_draft_tokens: int | None = None  # ... drafting this many tokens per round
+    draft_confidence: float | None = None  # ... or fewer, when the draft is less sure than this
 
 
 DRAFT_SUFFIX = "+draft"
-DRAFT_OPTIONS = re.compile(r"(?:=(?P<draft>.+?))?(?::k=(?P<k>\d+))?")
+DRAFT_OPTIONS = re.compile(r"(?:=(?P<draft>.+?))?(?::k=(?P<k>\d+))?(?::c=(?P<c>0(?:\.\d*)?|1(?:\.0*)?|\.\d+))?")
 
 
 def parse_spec(spec: str, preset: str) -> ModelSpec:
@@ -52,14 +54,18 @@ def parse_spec(spec: str, preset: str) -> ModelSpec:
         return _parse_model(spec, preset)
     match = DRAFT_OPTIONS.fullmatch(options)
     if not base or match is None or match["k"] == "0":
-        raise IIETError(f"model spec {spec!r}: write SPEC+draft[=DRAFT][:k=K], e.g. iiet+draft=lower-bound:k=4 "
-                        "(K >= 1 drafted tokens per round).")
+        raise IIETError(f"model spec {spec!r}: write SPEC+draft[=DRAFT][:k=K][:c=C], e.g. "
+                        "iiet+draft=lower-bound:k=4 (K >= 1 drafted tokens per round; C in [0, 1]: stop drafting "
+                        "below that draft confidence).")
     model = _parse_model(base, preset)
     k = int(match["k"] or DEFAULT_DRAFT_TOKENS)
     config = model.config or IIETConfig.from_pretrained(model.checkpoint)
     draft = match["draft"] or "lower-bound"
     label = resolve_draft(config, draft).label  # checked before any work
-    return replace(model, spec=spec, label=f"{model.label} + draft {label} (k={k})", draft=draft, num_draft_tokens=k)
+    confidence = float(match["c"]) if match["c"] else None
+    options = f"k={k}" + (f", c={confidence:g}" if confidence is not None else "")
+    return replace(model, spec=spec, label=f"{model.label} + draft {label} ({options})", draft=draft,
+                   num_draft_tokens=k, draft_confidence=confidence)
 
 
 def _parse_model(spec: str, preset: str) -> ModelSpec:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,9 @@ def _read_plan_file(path: str) -> list[int]:
     try:
         raw = json.loads(file.read_text())
     except json.JSONDecodeError as error:
-        raise IIETError(f"draft plan file {path} is not JSON ({error}); give a plan.json written by `iiet plan`.") from None
+        raise IIETError(
+            f"draft plan file {path} is not JSON ({error}); give a plan.json written by `iiet plan`."
+        ) from None
     plan = raw.get("iteration_plan") if isinstance(raw, dict) else None
     if not isinstance(plan, list):
         raise IIETError(f"draft plan file {path} has no iteration_plan list; give a plan.json written by `iiet plan`.")
@@ -227,6 +229,7 @@ class SpeculativeStats:
     accepted: int = 0
     emitted: int = 0  # tokens the rounds produced (kept drafts + the verifier's own token)
     compactions: int = 0
+    shortened: int = 0  # rounds whose drafting stopped early (``draft_confidence``)
     seconds: dict[str, float] = field(default_factory=lambda: {"draft": 0.0, "verify": 0.0, "other": 0.0})
 
     @property
@@ -239,13 +242,23 @@ class SpeculativeStats:
         """Tokens emitted per verify forward, per row (1 = no draft ever kept; at most ``k + 1``)."""
         return self.emitted / self.row_rounds if self.row_rounds else float("nan")
 
+    @classmethod
+    def total(cls, runs: list["SpeculativeStats"]) -> "SpeculativeStats":
+        """The counts and times of several runs added up."""
+        out = cls()
+        for run in runs:
+            for name in COUNTS:
+                setattr(out, name, getattr(out, name) + getattr(run, name))
+            for phase, seconds in run.seconds.items():
+                out.seconds[phase] += seconds
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "rounds": self.rounds, "draft_forwards": self.draft_forwards, "drafted": self.drafted,
-            "accepted": self.accepted, "emitted": self.emitted, "row_rounds": self.row_rounds,
-            "compactions": self.compactions, "acceptance_rate": self.acceptance_rate,
-            "tokens_per_verify": self.tokens_per_verify, "seconds": dict(self.seconds),
-        }
+        return {**{name: getattr(self, name) for name in COUNTS}, "acceptance_rate": self.acceptance_rate,
+                "tokens_per_verify": self.tokens_per_verify, "seconds": dict(self.seconds)}
+
+
+COUNTS = [f.name for f in fields(SpeculativeStats) if f.type == "int"]
 
 
 class SpeculativeDecoder:
@@ -265,6 +278,10 @@ class SpeculativeDecoder:
         sampling: ``None`` for greedy decoding, else a ``Sampling``.
         generator: random source for sampling (``None``: torch's global one).
         profile: time the draft, verify and other phases of each round (synchronising the device).
+        draft_confidence: adapt the draft length: a round stops drafting at the first token to which the draft
+            gives less than this probability in every row (its argmax probability when greedy), and the verifier
+            scores the drafts so far. ``None``: always ``num_draft_tokens``. Exactness is unaffected (the rule looks
+            at the draft alone).
     """
 
     def __init__(
@@ -277,9 +294,13 @@ class SpeculativeDecoder:
         sampling: Sampling | None = None,
         generator: torch.Generator | None = None,
         profile: bool = False,
+        draft_confidence: float | None = None,
     ):
         if not (isinstance(num_draft_tokens, int) and num_draft_tokens >= 1):
             raise IIETError(f"num_draft_tokens={num_draft_tokens!r} must be an integer >= 1.")
+        if draft_confidence is not None and not 0 <= draft_confidence <= 1:
+            raise IIETError(f"draft_confidence={draft_confidence!r} must be a probability in [0, 1] (or None).")
+        self.draft_confidence = draft_confidence
         config = model.config
         self.model, self.draft, self.k = model, resolve_draft(config, draft), num_draft_tokens
         self.sampling, self.generator, self.profile = sampling, generator, profile
@@ -328,7 +349,8 @@ class SpeculativeDecoder:
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the (B, T) prompt (left-padded where rows differ) through both caches; returns the first tokens (B, 1)."""
+        """Run the (B, T) prompt (left-padded where rows differ) through both caches; returns the first tokens
+        (B, 1)."""
         self.reset()
         B, T = input_ids.shape
         if B != self.batch_size or T + 2 > self.max_length:
@@ -384,8 +406,16 @@ class SpeculativeDecoder:
         start = self.draft_cache.get_seq_length()  # behind the verifier by the last kept draft, or 0 after compact
         q = []
         inputs = self.tokens[:, start : S + 1]
+        forwards = k
         for j in range(k):
-            d, probs = self._choose(draft_forward(model, inputs, self.draft_cache, draft, self._mask(S + 1 + j)))
+            logits = draft_forward(model, inputs, self.draft_cache, draft, self._mask(S + 1 + j))
+            d, probs = self._choose(logits)
+            if self.draft_confidence is not None:
+                top = (logits.float().softmax(-1) if probs is None else probs).amax(-1)  # (B,)
+                if not bool((top >= self.draft_confidence)[active].any()):
+                    forwards, k = j + 1, j  # the draft doubts every row's next token: verify the j it has
+                    self.stats.shortened += 1
+                    break
             self.tokens[:, S + 1 + j] = d
             q.append(probs)
             inputs = self.tokens[:, S + 1 + j : S + 2 + j]
@@ -421,7 +451,7 @@ class SpeculativeDecoder:
         self.count += (kept + 1) * active
         self.length = end
         stats.rounds += 1
-        stats.draft_forwards += k
+        stats.draft_forwards += forwards
         stats.row_rounds += int(active.sum())
         stats.drafted += k * int(active.sum())
         stats.accepted += int(kept[active].sum())
@@ -473,6 +503,7 @@ def generate_speculative(
     attention_mask: torch.Tensor | None = None,
     sampling: Sampling | None = None,
     generator: torch.Generator | None = None,
+    draft_confidence: float | None = None,
 ) -> tuple[torch.Tensor, SpeculativeStats]:
     """Self-speculative decoding; returns (B, T + max_new_tokens) token ids and the round statistics.
 
@@ -484,7 +515,7 @@ def generate_speculative(
     B, T = input_ids.shape
     decoder = SpeculativeDecoder(
         model, draft, num_draft_tokens, B, speculative_max_length(T, max_new_tokens, num_draft_tokens, B),
-        sampling, generator,
+        sampling, generator, draft_confidence=draft_confidence,
     )
     first = decoder.prefill(input_ids, attention_mask)
     rest = decoder.decode(max_new_tokens - 1)
@@ -510,6 +541,7 @@ def generate(
     num_draft_tokens: int = DEFAULT_DRAFT_TOKENS,
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    draft_confidence: float | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:
     """``model.generate(input_ids, draft_plan=..., num_draft_tokens=k, ...)``: the output plain ``generate()`` gives
@@ -518,6 +550,7 @@ def generate(
     Honours ``max_new_tokens``/``max_length``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``
     and ``pad_token_id`` (from the arguments, else ``generation_config``/the model's), and ``attention_mask`` (left
     padding). Rows that reach EOS are padded after it, and decoding stops once every row has, as in ``generate()``.
+    ``generator`` seeds the sampling; ``draft_confidence`` adapts the draft length (``SpeculativeDecoder``).
     """
     input_ids = kwargs.pop("input_ids", inputs)
     if input_ids is None:
@@ -543,8 +576,9 @@ def generate(
     eos = None if eos is None else torch.tensor([eos] if isinstance(eos, int) else list(eos), device=input_ids.device)
     pad = config.pad_token_id if config.pad_token_id is not None else (None if eos is None else int(eos[0]))
 
-    decoder = SpeculativeDecoder(model, draft_plan, num_draft_tokens, B,
-                                 speculative_max_length(T, new, num_draft_tokens, B), sampling, generator)
+    length = speculative_max_length(T, new, num_draft_tokens, B)
+    decoder = SpeculativeDecoder(model, draft_plan, num_draft_tokens, B, length, sampling, generator,
+                                 draft_confidence=draft_confidence)
     pieces = [decoder.prefill(input_ids, attention_mask)]
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     while True:
