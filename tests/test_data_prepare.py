@@ -95,10 +95,10 @@ sys.path.insert(0, {str(ROOT)!r})
 import iiet.data.shards as shards, iiet.data.prepare as prepare, iiet.data.sources as sources
 sources._MIN_PIECE_BYTES = 1
 real = shards.ShardTokenizer._pack
-def pack(job, token_ids, layout, writers):
+def pack(job, token_ids, layout, writers, *args):
     if writers["train"].path.name.startswith("00003"):
         os.kill(os.getpid(), signal.SIGKILL)
-    return real(job, token_ids, layout, writers)
+    return real(job, token_ids, layout, writers, *args)
 shards.ShardTokenizer._pack = pack
 prepare.prepare_data([{str(corpus)!r}], {str(tokenizer_dir)!r}, {str(killed)!r}, seq_len={SEQ_LEN},
                      val_fraction=0.2, num_proc=1)
@@ -277,3 +277,33 @@ def test_trainer_reads_shards_as_one_dataset_and_resumes_exactly(corpus_file, tm
     expected = losses(tmp_path / "run-whole")
     assert losses(tmp_path / "run-sharded") == expected and len(expected) == 8  # bitwise, every step
     assert losses(tmp_path / "run-sharded", "val_loss") == losses(tmp_path / "run-whole", "val_loss")
+
+
+def test_compressed_files_are_read_as_their_text(corpus, tokenizer_dir, tmp_path):
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    compressors = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
+                   ".zst": zstandard.ZstdCompressor().compress}
+    plain = sorted(corpus.glob("*.jsonl"))
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    for index, (suffix, compress) in enumerate(compressors.items()):  # SlimPajama ships .jsonl.zst
+        (packed / f"{plain[index].name}{suffix}").write_bytes(compress(plain[index].read_bytes()))
+    for path in plain[len(compressors):]:
+        (packed / path.name).write_bytes(path.read_bytes())
+    assert list(iter_documents(str(packed))) == list(iter_documents(str(corpus)))
+    compressed = _prepare(packed, tokenizer_dir, tmp_path / "from-compressed")
+    reference = _prepare(corpus, tokenizer_dir, tmp_path / "from-plain")
+    assert compressed["splits"] == reference["splits"]
+    streams = [{name: data for name, data in _tree(tmp_path / folder / "shards").items() if name.endswith(".bin")}
+               for folder in ("from-compressed", "from-plain")]
+    assert streams[0] == streams[1]
+
+    damaged = tmp_path / "damaged.jsonl.gz"
+    damaged.write_bytes(gzip.compress(plain[0].read_bytes())[:40])
+    with pytest.raises(IIETError, match="cannot decompress"):
+        _prepare(damaged, tokenizer_dir, tmp_path / "never")

@@ -31,7 +31,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from iiet.data.packed import SHARDS_DIR, SPLITS, write_atomically
-from iiet.data.sources import REPLACEMENT_CHARACTER, Piece, file_sha256, iter_piece
+from iiet.data.sources import REPLACEMENT_CHARACTER, Piece, file_sha256, is_compressed, iter_piece
 from iiet.errors import IIETError
 
 LONG_DOCUMENT_CHARS = 1 << 16  # longer documents are tokenized in chunks of about this many characters
@@ -167,6 +167,8 @@ class ShardTokenizer:
         """Tokenize one piece into shard ``index`` and return its record (written last)."""
         writers = {split: _StreamWriter(self.path(index, f".{split}.bin"), self.dtype) for split in SPLITS}
         counts = {"characters": 0, "replacement_characters": 0, "hard_cuts": 0}
+        # Compressed files: their size on disk is not the size of their text, so they count at the end.
+        exact_bytes = not any(is_compressed(file) for file in piece.files)
         bytes_reported = 0
         try:
             documents = _documents(iter_piece(piece, self.settings["text_field"]), document_limit)
@@ -175,11 +177,11 @@ class ShardTokenizer:
                 for batch in self._batches(documents, counts):
                     submitted = encoder.submit(self._encode, batch)  # tokenizes while we pack the previous batch
                     if pending is not None:
-                        bytes_reported += self._pack(*pending.result(), writers)
+                        bytes_reported += self._pack(*pending.result(), writers, exact_bytes)
                     pending = submitted
                     self._check_text(piece, counts)
                 if pending is not None:
-                    bytes_reported += self._pack(*pending.result(), writers)
+                    bytes_reported += self._pack(*pending.result(), writers, exact_bytes)
             self._check_text(piece, counts, final=True)
             record = {"key": key, "piece": piece.describe(), "document_limit": document_limit, **counts,
                       "splits": {split: writer.commit() for split, writer in writers.items()}}
@@ -227,8 +229,10 @@ class ShardTokenizer:
         chunks, layout = batch
         return self.encode(chunks), layout
 
-    def _pack(self, token_ids: list[list[int]], layout: list, writers: dict[str, "_StreamWriter"]) -> int:
-        """Append each document's tokens and eos to its split; returns the utf-8 bytes of the finished documents."""
+    def _pack(self, token_ids: list[list[int]], layout: list, writers: dict[str, "_StreamWriter"],
+              report_bytes: bool = True) -> int:
+        """Append each document's tokens and eos to its split; returns the input bytes reported to the progress bar
+        (the utf-8 size of the finished documents, or 0 when ``report_bytes`` is off)."""
         streams: dict[bool, list[int]] = {False: [], True: []}
         documents = {False: 0, True: 0}
         start, num_bytes = 0, 0
@@ -243,6 +247,7 @@ class ShardTokenizer:
                 num_bytes += size
         for is_val, stream in streams.items():
             writers["val" if is_val else "train"].add(np.array(stream, dtype=self.dtype), documents[is_val])
+        num_bytes *= report_bytes
         self.report(num_bytes, documents[False] + documents[True], len(streams[False]) + len(streams[True]))
         return num_bytes
 

@@ -7,7 +7,8 @@ A *source* is a string, resolved in this order:
 - a glob (``data/**/*.jsonl``), a directory (searched recursively, sorted) or a single file:
   ``.txt``/``.raw``/``.text`` (one document per file, or one per ``<doc>`` for WikiExtractor output),
   ``.jsonl``/``.json`` (one document per record, read from ``text_field``), ``.parquet`` (via ``datasets``).
-  A file named explicitly with any other suffix is read as plain text.
+  A file named explicitly with any other suffix is read as plain text. Any of these may be compressed
+  (``.gz``, ``.bz2``, ``.xz``, ``.zst`` as SlimPajama's ``.jsonl.zst``): it is decompressed while it is read.
 
 Every source yields documents in a fixed order, so tokenizer training and data preparation are reproducible.
 :func:`source_fingerprint` records what a source held (file sha256s), so prepared data can say what it was made of.
@@ -20,12 +21,16 @@ the source, so the concatenation of their documents is the source's document str
 
 from __future__ import annotations
 
+import bz2
 import functools
 import glob
+import gzip
 import hashlib
 import html
+import io
 import itertools
 import json
+import lzma
 import os
 import platform
 import re
@@ -33,7 +38,7 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 from iiet.errors import IIETError
 
@@ -43,6 +48,7 @@ TEXT_SUFFIXES = (".txt", ".raw", ".text")
 JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")  # streamed through gzip, bz2, lzma, zstandard
 # Left out of the builtin corpus: third-party packages (not the standard library, and they vary between machines),
 # bytecode caches, and CPython's own test suites (deliberately malformed files and large generated data).
 _BUILTIN_SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
@@ -163,7 +169,13 @@ def iter_piece(piece: Piece, text_field: str = "text", split: str = "train") -> 
             yield _record_text(row, text_field, f"{piece.describe()} row {index}")
         return
     for file in piece.files:
-        yield from _iter_file(Path(file), text_field)
+        if not is_compressed(file):
+            yield from _iter_file(Path(file), text_field)
+            continue
+        try:
+            yield from _iter_file(Path(file), text_field)
+        except _decompression_errors() as error:  # damaged or truncated past the head that was checked
+            raise IIETError(f"cannot decompress {file!r} ({error}); re-download it or remove it") from None
 
 
 def check_text_file(path: str | Path, max_replacement_share: float) -> float:
@@ -184,10 +196,13 @@ def check_text_file(path: str | Path, max_replacement_share: float) -> float:
         IIETError: The file looks binary or holds too many bytes that are not UTF-8.
     """
     path = Path(path)
-    if path.suffix.lower() in PARQUET_SUFFIXES:
+    if format_suffix(path) in PARQUET_SUFFIXES:
         return 0.0
-    with open(path, "rb") as file:
-        head = file.read(_TEXT_CHECK_BYTES)
+    try:
+        with _open_bytes(path) as file:
+            head = file.read(_TEXT_CHECK_BYTES)
+    except _decompression_errors() as error:
+        raise IIETError(f"cannot decompress {str(path)!r} ({error}); re-download it or remove it") from None
     override = "pass --max_replacement_share 1 to tokenize it anyway"
     if b"\x00" in head and max_replacement_share < 1.0:
         raise IIETError(f"{str(path)!r} looks binary (it holds NUL bytes), not text; remove it from the sources or "
@@ -355,7 +370,7 @@ def _builtin_files() -> list[Path]:
 
 
 def _files_in(directory: Path) -> list[Path]:
-    found = (path for path in directory.rglob("*") if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES)
+    found = (path for path in directory.rglob("*") if path.is_file() and format_suffix(path) in SUPPORTED_SUFFIXES)
     return sorted(found, key=lambda path: path.as_posix())
 
 
@@ -370,7 +385,7 @@ def _non_blank(documents: Iterable[str], source: str) -> Iterator[str]:
 
 
 def _iter_file(path: Path, text_field: str) -> Iterator[str]:
-    suffix = path.suffix.lower()
+    suffix = format_suffix(path)
     if suffix == ".jsonl":
         yield from _iter_json_lines(path, text_field)
     elif suffix == ".json":
@@ -381,8 +396,60 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
         yield from _iter_text_file(path)
 
 
+def format_suffix(path: str | Path) -> str:
+    """The suffix that says how a file is read, behind any compression suffix: ``.jsonl`` for ``a.jsonl.zst``.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The lower-case suffix, or ``""``.
+    """
+    suffixes = [suffix.lower() for suffix in Path(path).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def is_compressed(path: str | Path) -> bool:
+    """Whether a file is read through a decompressor (its size on disk is not the size of its text)."""
+    return Path(path).suffix.lower() in COMPRESSION_SUFFIXES
+
+
+def _open_bytes(path: Path) -> BinaryIO:
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        return bz2.open(path, "rb")
+    if suffix == ".xz":
+        return lzma.open(path, "rb")
+    if suffix == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise IIETError(f"{str(path)!r} is zstandard-compressed; `pip install zstandard` to read it") from None
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True, closefd=True)
+    return open(path, "rb")
+
+
+def _decompression_errors() -> tuple[type[Exception], ...]:
+    """What gzip, bz2, lzma and zstandard raise for a damaged or truncated stream."""
+    errors: tuple[type[Exception], ...] = (OSError, EOFError, lzma.LZMAError)
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return (*errors, zstandard.ZstdError)
+
+
+def _open_text(path: Path) -> TextIO:
+    """UTF-8 text, undecodable bytes as U+FFFD (counted by data preparation), universal newlines."""
+    return io.TextIOWrapper(_open_bytes(path), encoding="utf-8", errors="replace")
+
+
 def _iter_text_file(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="replace") as file:
+    with _open_text(path) as file:
         first_line = file.readline()
         if _WIKIEXTRACTOR_OPEN.match(first_line):
             yield from iter_wikiextractor(itertools.chain([first_line], file))
@@ -437,7 +504,7 @@ def _record_text(record: Any, text_field: str, where: str) -> str:
 
 
 def _iter_json_lines(path: Path, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="replace") as file:
+    with _open_text(path) as file:
         for line_number, line in enumerate(file, start=1):
             if not line.strip():
                 continue
@@ -450,7 +517,7 @@ def _iter_json_lines(path: Path, text_field: str) -> Iterator[str]:
 
 def _iter_json(path: Path, text_field: str) -> Iterator[str]:
     """A ``.json`` file is a list of records, one record, or (as many exports are) JSON Lines."""
-    with open(path, encoding="utf-8", errors="replace") as file:
+    with _open_text(path) as file:
         try:
             content = json.load(file)
         except json.JSONDecodeError:
