@@ -207,6 +207,7 @@ BAD_REQUESTS = [
     ({"prompt": "hi", "max_tokens": "5"}, 400, "max_tokens must be an integer"),
     ({"prompt": "hi", "temperature": -1}, 400, "temperature must be a number in [0, 2]"),
     ({"prompt": "hi", "top_p": 0}, 400, "top_p must be > 0"),
+    ({"prompt": "hi", "seed": 2**64}, 400, "seed must be an integer in [0, 2**63)"),
     ({"prompt": "hi", "n": 3}, 400, "n=3 is not supported"),
     ({"prompt": "hi", "stream": "yes"}, 400, "stream must be true or false"),
     ({"prompt": ""}, 400, "prompt must be a non-empty string"),

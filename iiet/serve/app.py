@@ -43,6 +43,7 @@ from transformers.cli.serving.chat_completion import ChatCompletionHandler
 from transformers.cli.serving.completion import CompletionHandler
 from transformers.cli.serving.model_manager import ModelManager
 from transformers.cli.serving.server import build_server
+# _StreamError is how transformers' SSE loop recognises a failed generation; a draft stream reports errors with it.
 from transformers.cli.serving.utils import DirectStreamer, GenerateManager, GenerationState, Modality, _StreamError
 
 from iiet.errors import IIETError
@@ -64,10 +65,9 @@ NO_OP_VALUES: dict[str, tuple] = {
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
 }
-
-
 # Request fields the self-speculative path cannot honour (it takes no tokenizer for stop strings and no penalties).
 NOT_WITH_DRAFT = ("stop", "frequency_penalty", "logit_bias")
+SEED_LIMIT = 2**63  # torch.manual_seed takes seeds below this
 
 
 @dataclass
@@ -93,12 +93,12 @@ def reject(message: str, param: str | None = None, status: int = 400) -> HTTPExc
     return HTTPException(status_code=status, detail={"message": message, "param": param})
 
 
-def check_fields(body: dict, served_name: str, length_fields: tuple[str, ...]) -> None:
+def check_fields(body: dict, served: ServedModel, length_fields: tuple[str, ...]) -> None:
     """Types and ranges of the generation fields, before any tokenization or generation."""
     model = body.get("model")
-    if model is not None and model != served_name:
+    if model is not None and model != served.name:
         raise reject(
-            f"model {model!r} is not served here; this server serves {served_name!r} (GET /v1/models lists it)",
+            f"model {model!r} is not served here; this server serves {served.name!r} (GET /v1/models lists it)",
             "model",
             404,
         )
@@ -112,10 +112,13 @@ def check_fields(body: dict, served_name: str, length_fields: tuple[str, ...]) -
             raise reject(f"{field} must be a number in [{low:g}, {high:g}], got {value!r}", field)
     if body.get("top_p") == 0:
         raise reject("top_p must be > 0 (use temperature 0 for greedy decoding)", "top_p")
-    for field, least in (*((field, 1) for field in length_fields), ("seed", 0)):
+    for field, least, limit in (*((field, 1, None) for field in length_fields), ("seed", 0, SEED_LIMIT)):
         value = body.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-            raise reject(f"{field} must be an integer >= {least}, got {value!r}", field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least or limit and value >= limit:
+            bounds = f">= {least}" if limit is None else f"in [{least}, 2**63)"
+            raise reject(f"{field} must be an integer {bounds}, got {value!r}", field)
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str) and not (
         isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)
@@ -124,6 +127,14 @@ def check_fields(body: dict, served_name: str, length_fields: tuple[str, ...]) -
     for field, accepted in NO_OP_VALUES.items():
         if field in body and body[field] not in accepted:
             raise reject(f"{field}={body[field]!r} is not supported by this server; omit it", field)
+    if served.draft:
+        for field in NOT_WITH_DRAFT:
+            if body.get(field) not in (None, 0, "", [], {}):
+                raise reject(
+                    f"{field} is not available when the server decodes with a speculative draft "
+                    "(iiet serve --draft_plan); omit it, or serve without --draft_plan",
+                    field,
+                )
     if body.get("generation_config") is not None:
         try:
             config = json.loads(body["generation_config"])
@@ -251,15 +262,7 @@ class _CheckedHandler:
         raise NotImplementedError
 
     async def handle_request(self, body: dict, request_id: str):
-        check_fields(body, self.served.name, self.length_fields)
-        if self.served.draft:
-            for field in NOT_WITH_DRAFT:
-                if body.get(field) not in (None, 0, "", [], {}):
-                    raise reject(
-                        f"{field} is not available when the server decodes with a speculative draft "
-                        "(iiet serve --draft_plan); omit it, or serve without --draft_plan",
-                        field,
-                    )
+        check_fields(body, self.served, self.length_fields)
         length = completion_length(
             body, self.length_fields, self.prompt_tokens(body), self.served.context_length, self.default_length
         )
