@@ -107,7 +107,8 @@ def main() -> None:
             with ThreadPoolExecutor(args.concurrency) as pool:
                 list(pool.map(one_request, range(args.concurrency)))
             rows["concurrent"].append(time.perf_counter() - start)
-            for key, value in zip(("direct", "served", "ratio", "first_chunk", "streamed"), (d, s, s / d, first, total)):
+            values = {"direct": d, "served": s, "ratio": s / d, "first_chunk": first, "streamed": total}
+            for key, value in values.items():
                 rows[key].append(value)
     finally:
         server.stop()

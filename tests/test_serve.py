@@ -173,7 +173,8 @@ def test_a_temperature_samples_and_a_seed_repeats(served, client, checkpoint):
 
 def test_concurrent_requests_each_get_their_own_answer(served, server, checkpoint):
     def ask(prompt: str) -> str:
-        status, answer = post(server.url + "/v1/completions", {"model": checkpoint, "prompt": prompt, "max_tokens": NEW_TOKENS})
+        body = {"model": checkpoint, "prompt": prompt, "max_tokens": NEW_TOKENS}
+        status, answer = post(server.url + "/v1/completions", body)
         assert status == 200, answer
         return answer["choices"][0]["text"]
 

@@ -38,6 +38,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def server_url(sock: socket.socket) -> str:
+    """``http://HOST:PORT`` of a bound socket (an IPv6 address in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class BackgroundServer:
     """uvicorn serving ``app`` from a thread of this process (notebooks, tests, benchmarks); ``stop()`` ends it.
 
@@ -48,8 +54,7 @@ class BackgroundServer:
         import uvicorn
 
         sock = bind_socket(host, port)
-        host, port = sock.getsockname()[:2]
-        self.url = f"http://{host}:{port}"
+        self.url = server_url(sock)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
@@ -148,14 +153,19 @@ def serve(
     if num_draft_tokens < 1:
         raise IIETError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
     sock = bind_socket(host, port)
-    served = load_served(model, device, dtype, overrides, draft_plan, num_draft_tokens)
-    host, port = sock.getsockname()[:2]
-    what = served.model.config.model_type
-    if hasattr(served.model, "num_block_evaluations"):  # an iiet model (any AutoModelForCausalLM loads)
-        what += f", {served.model.config.scheme['name']}, {served.model.num_block_evaluations()} block evaluations/token"
+    try:
+        served = load_served(model, device, dtype, overrides, draft_plan, num_draft_tokens)
+    except BaseException:
+        sock.close()
+        raise
+    network = served.model
+    what = network.config.model_type
+    if hasattr(network, "num_block_evaluations"):  # an iiet model (any AutoModelForCausalLM loads)
+        what += f", {network.config.scheme['name']}, {network.num_block_evaluations()} block evaluations/token"
     if served.draft:
         what += f", self-speculative: {num_draft_tokens} draft tokens per round with plan {draft_plan}"
-    print(f"serving {model} ({what}, context {served.context_length}) at http://{host}:{port}/v1; Ctrl+C stops", flush=True)
+    url = server_url(sock)
+    print(f"serving {model} ({what}, context {served.context_length}) at {url}/v1; Ctrl+C stops", flush=True)
     try:
         uvicorn.Server(uvicorn.Config(build_app(served), log_level=log_level)).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after a clean shutdown, for the caller to see
