@@ -410,6 +410,11 @@ def _bad_inputs(corpus: Path, trained: Path, root: Path) -> list[list[str]]:
         ["distill", "--distill.teacher", str(root / "nowhere"), "--data.path", data, "--optim.max_steps", "1",
          "--run.output_dir", fresh],
         ["info", "--bogus"],
+        ["demo", "--output_dir", str(blocker / "demo")],
+        ["export", "--model", str(garbage), "--to", "llama", "--output_dir", fresh],
+        ["export", "--model", model, "--to", "llama", "--output_dir", str(blocker / "llama")],
+        ["serve", "--model", str(corrupt), "--port", "0"],
+        ["eval", "--models", f"[{garbage}]", "--output_dir", fresh],
     ]
 
 

@@ -25,6 +25,6 @@ def read_json(path: str | Path, what: str, command: str) -> Any:
     except ValueError as error:  # not JSON, or not even text
         raise IIETError(f"{path} is not JSON ({str(error)[:80]}); give a {what} written by `{command}`.") from None
     if not isinstance(raw, dict):
-        raise IIETError(f"{path} holds a JSON {type(raw).__name__}, not the object of a {what}; give a {what} "
-                        f"written by `{command}`.")
+        raise IIETError(f"{path} holds a JSON {type(raw).__name__}, not an object; give the {what} written by "
+                        f"`{command}`.")
     return raw

@@ -161,10 +161,16 @@ def export(model: str, output_dir: str, to: Literal["llama"] = "llama") -> None:
     source, output = Path(model), Path(output_dir)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise IIETError(f"{output} is not empty; choose a new --output_dir so nothing is overwritten.")
+    from iiet.outputs import check_writable
+
+    check_writable(output, "--output_dir")
     if (source / "config.json").is_file():
         import iiet  # noqa: F401  (registers model_type "iiet")
 
-        config = AutoConfig.from_pretrained(source)
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except Exception as error:  # transformers raises many types for a broken config; the user needs one line
+            raise IIETError(f"cannot read the config in {source}: {str(error).splitlines()[0]}") from None
         if config.model_type != "iiet":
             raise IIETError(f"{source} is a {config.model_type!r} checkpoint, not an iiet one; it needs no export.")
         reason = llama_export_refusal(config)

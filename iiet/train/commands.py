@@ -17,6 +17,7 @@ from iiet.data.tokenizer import train_tokenizer
 from iiet.errors import IIETError
 from iiet.models.names import label_of, resolve
 from iiet.models.presets import build_config
+from iiet.outputs import check_writable
 from iiet.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from iiet.train.parallel import is_main_process
 from iiet.train.plots import plot_loss_curves
@@ -95,7 +96,7 @@ def demo(
         micro_batch_size: sequences per step (one micro-batch per optimizer step).
         lr: peak learning rate (small models take a larger one than Table 4's).
     """
-    root = Path(output_dir)
+    root = check_writable(output_dir, "--output_dir")
     for name in DEMO_RUNS:
         if (root / name).exists():
             raise IIETError(f"{root / name} already exists (an earlier demo); pass another --output_dir or delete it.")

@@ -178,6 +178,8 @@ class TrainConfig:
         o, r = self.optim, self.run
         if (o.max_steps is None) == (o.max_tokens is None):
             raise IIETError("give exactly one of optim.max_steps and optim.max_tokens (the run length).")
+        if o.max_steps is not None and o.max_steps < 1:
+            raise IIETError(f"optim.max_steps={o.max_steps} must be >= 1.")
         if self.total_steps() < 1:
             raise IIETError(
                 f"the run has {self.total_steps()} steps (max_tokens={o.max_tokens} < batch_tokens={o.batch_tokens}); "
