@@ -265,7 +265,7 @@ def test_a_speculative_draft_serves_the_full_models_text(served, checkpoint):
     from iiet.serve.commands import serve
 
     assert inspect.signature(serve).parameters["num_draft_tokens"].default == DEFAULT_DRAFT_TOKENS
-    drafted = load_served(checkpoint, device="cpu", draft_plan="lower-bound", num_draft_tokens=2)
+    drafted = load_served(checkpoint, device="cpu", draft_plan="lower-bound", num_draft_tokens=3, draft_confidence=0.1)
     running = BackgroundServer(build_app(drafted))
     try:
         client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", timeout=REQUEST_SECONDS, max_retries=0)
@@ -302,6 +302,7 @@ def test_cli_rejects_bad_input_before_loading(tmp_path, capsys):
         (["--model", str(tmp_path), "--log_level", "loud"], "unknown log_level 'loud'"),
         (["--model", str(tmp_path), "--num_iterations", "-1"], "num_iterations must be >= 0"),
         (["--model", str(tmp_path), "--num_draft_tokens", "0"], "num_draft_tokens must be >= 1"),
+        (["--model", str(tmp_path), "--draft_confidence", "2"], "draft_confidence must be a probability"),
     ]
     try:
         for args, message in cases:

@@ -79,6 +79,7 @@ def load_served(
     overrides: dict | None = None,
     draft_plan: str | None = None,
     num_draft_tokens: int = 4,
+    draft_confidence: float | None = None,
 ):
     """The ``ServedModel`` of checkpoint directory ``model``: weights and tokenizer, in eval mode on ``device``,
     decoding self-speculatively with ``draft_plan`` when one is given (validated here, before serving)."""
@@ -93,7 +94,7 @@ def load_served(
         from iiet.models.speculative import resolve_draft
 
         resolve_draft(network.config, draft_plan)  # IIETError naming the fix for a plan this model cannot draft with
-        draft = {"draft_plan": draft_plan, "num_draft_tokens": num_draft_tokens}
+        draft = {"draft_plan": draft_plan, "num_draft_tokens": num_draft_tokens, "draft_confidence": draft_confidence}
     return ServedModel(model, network.to(torch_device).eval(), tokenizer, draft)
 
 
@@ -108,6 +109,7 @@ def serve(
     adaptive_tolerance: float | None = None,
     draft_plan: str | None = None,
     num_draft_tokens: int = 4,  # iiet.models.speculative.DEFAULT_DRAFT_TOKENS (not imported: --help needs no torch)
+    draft_confidence: float | None = None,
     log_level: str = "warning",
 ) -> None:
     """Serve a checkpoint behind an OpenAI-compatible API (transformers serve's app) until Ctrl+C.
@@ -133,7 +135,9 @@ def serve(
         draft_plan: Decode by exact self-speculative decoding, drafting with this cheaper plan of the same weights:
             lower-bound, e-iiet:PLAN.json, adaptive[:TOL] or corrections per layer "r0,r1,..." (same greedy text,
             same sampling distribution; streamed answers then arrive whole, and stop/frequency_penalty are refused).
-        num_draft_tokens: Tokens the draft proposes per verification round (with --draft_plan).
+        num_draft_tokens: Tokens the draft proposes per verification round (with --draft_plan), at most.
+        draft_confidence: With --draft_plan: a round stops drafting at the first token the draft gives less than
+            this probability (adapts the draft length; the output stays exact).
         log_level: Server log level: critical, error, warning, info, debug or trace.
     """
     from transformers.utils.import_utils import is_serve_available
@@ -152,9 +156,11 @@ def serve(
     overrides = scheme_overrides(num_iterations, iteration_plan, adaptive_tolerance)
     if num_draft_tokens < 1:
         raise IIETError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+    if draft_confidence is not None and not 0 <= draft_confidence <= 1:
+        raise IIETError(f"draft_confidence must be a probability in [0, 1], got {draft_confidence}")
     sock = bind_socket(host, port)
     try:
-        served = load_served(model, device, dtype, overrides, draft_plan, num_draft_tokens)
+        served = load_served(model, device, dtype, overrides, draft_plan, num_draft_tokens, draft_confidence)
     except BaseException:
         sock.close()
         raise
