@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 import iiet.cli
 import iiet.data.shards
 from iiet.data import PackedDataset, iter_documents, prepare_data, train_tokenizer
+from iiet.data.sources import iter_piece, list_pieces
 from iiet.data.shards import is_validation_document, split_long_document
 from iiet.errors import IIETError
 
@@ -53,6 +54,7 @@ def tokenizer_dir(corpus, tmp_path_factory) -> Path:
 @pytest.fixture
 def one_piece_per_file(monkeypatch):
     monkeypatch.setattr("iiet.data.sources._MIN_PIECE_BYTES", 1)
+    monkeypatch.setattr("iiet.data.sources._RANGES_ABOVE", float("inf"))  # whole files, however small the target
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -93,7 +95,7 @@ def test_killed_preparation_resumes_to_byte_identical_output(corpus, tokenizer_d
 import os, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
 import iiet.data.shards as shards, iiet.data.prepare as prepare, iiet.data.sources as sources
-sources._MIN_PIECE_BYTES = 1
+sources._MIN_PIECE_BYTES, sources._RANGES_ABOVE = 1, float("inf")
 real = shards.ShardTokenizer._pack
 def pack(job, token_ids, layout, writers, *args):
     if writers["train"].path.name.startswith("00003"):
@@ -267,7 +269,8 @@ def test_trainer_reads_shards_as_one_dataset_and_resumes_exactly(corpus_file, tm
     arguments = dict(sources=[str(parts)], tokenizer=str(tmp_path / "tokenizer"), seq_len=TRAIN_SEQ_LEN,
                      val_fraction=0.1)
     assert prepare_data(output_dir=tmp_path / "whole", **arguments)["num_shards"] == 1  # ~100 KB: one piece
-    monkeypatch.setattr("iiet.data.sources._MIN_PIECE_BYTES", 1)
+    monkeypatch.setattr("iiet.data.sources._MIN_PIECE_BYTES", 1)  # from here on: one piece per file
+    monkeypatch.setattr("iiet.data.sources._RANGES_ABOVE", float("inf"))
     assert prepare_data(output_dir=tmp_path / "sharded", **arguments, num_proc=2)["num_shards"] == 5
 
     fit(tiny_config(tmp_path / "whole", tmp_path / "run-whole"))
@@ -307,3 +310,18 @@ def test_compressed_files_are_read_as_their_text(corpus, tokenizer_dir, tmp_path
     damaged.write_bytes(gzip.compress(plain[0].read_bytes())[:40])
     with pytest.raises(IIETError, match="cannot decompress"):
         _prepare(damaged, tokenizer_dir, tmp_path / "never")
+
+
+def test_a_large_jsonl_file_is_cut_into_byte_ranges(tmp_path, monkeypatch):
+    rng = random.Random(3)
+    path = tmp_path / "big.jsonl"
+    lines = [json.dumps({"text": f"doc {index}: " + _text(rng, rng.randint(1, 40)) + " ü東"}, ensure_ascii=False)
+             for index in range(400)]
+    path.write_text("\n".join(lines[:200]) + "\n\n" + "\r\n".join(lines[200:]) + "\n")
+    monkeypatch.setattr("iiet.data.sources._MIN_PIECE_BYTES", 997)  # ranges end anywhere, mid-line and mid-character
+    pieces = list_pieces(str(path))
+    assert len(pieces) > 10 and all(piece.end is not None for piece in pieces)
+    assert pieces[0].start == 0 and pieces[-1].end == path.stat().st_size
+    assert all(a.end == b.start for a, b in zip(pieces, pieces[1:]))
+    ranged = [text for piece in pieces for text in iter_piece(piece)]
+    assert ranged == list(iter_documents(str(path))) and len(ranged) == 400

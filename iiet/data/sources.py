@@ -14,7 +14,8 @@ Every source yields documents in a fixed order, so tokenizer training and data p
 :func:`source_fingerprint` records what a source held (file sha256s), so prepared data can say what it was made of.
 
 For parallel preparation a source is cut into :class:`Piece` s (:func:`list_pieces`): runs of consecutive files of
-about ``total / 64`` bytes (256 KiB to 256 MiB), or one shard of a Hugging Face dataset. The pieces depend only on
+about ``total / 64`` bytes (256 KiB to 256 MiB), byte ranges of a large ``.jsonl`` file, or one shard of a Hugging
+Face dataset. The pieces depend only on
 the source, so the concatenation of their documents is the source's document stream, whoever reads them.
 :func:`check_text_file` refuses binary or non-UTF-8 files before anything is tokenized.
 """
@@ -61,6 +62,7 @@ _PARQUET_BATCH_ROWS = 1024
 _PIECES_PER_SOURCE = 64  # a source is cut into about this many pieces (enough to keep every worker busy)
 _MIN_PIECE_BYTES = 1 << 18
 _MAX_PIECE_BYTES = 1 << 28
+_RANGES_ABOVE = 2  # a .jsonl file larger than this many piece targets is cut into byte ranges
 _TEXT_CHECK_BYTES = 1 << 16  # bytes read from the head of each file to tell text from binary
 REPLACEMENT_CHARACTER = "\ufffd"  # what undecodable bytes become when text is read with errors="replace"
 _SOURCE_HELP = "pass an existing file, directory or glob, `hf:NAME[:CONFIG]` for a Hugging Face dataset, or `builtin`"
@@ -95,7 +97,8 @@ def iter_documents(
 
 @dataclass(frozen=True)
 class Piece:
-    """A unit of preparation work: consecutive files of one source, or one shard of a Hugging Face dataset.
+    """A unit of preparation work: consecutive files of one source, a byte range of one large JSON Lines file, or
+    one shard of a Hugging Face dataset.
 
     Args:
         source: The source string it belongs to.
@@ -103,6 +106,8 @@ class Piece:
         shard: Index of the dataset shard (Hugging Face sources).
         num_shards: Number of shards the dataset was cut into (Hugging Face sources).
         num_bytes: Size of its files, when known (drives the progress bar's ETA).
+        start: First byte of the range of ``files[0]`` (the lines that begin in ``[start, end)`` are its documents).
+        end: End of that range; ``None``: whole files.
     """
 
     source: str
@@ -110,19 +115,24 @@ class Piece:
     shard: int = 0
     num_shards: int = 1
     num_bytes: int | None = None
+    start: int = 0
+    end: int | None = None
 
     def describe(self) -> str:
         """A short human-readable name, for messages."""
         if not self.files:
             return f"{self.source} (shard {self.shard} of {self.num_shards})"
+        if self.end is not None:
+            return f"{self.files[0]} (bytes {self.start} .. {self.end})"
         return self.files[0] if len(self.files) == 1 else f"{self.files[0]} .. {self.files[-1]} ({len(self.files)} files)"
 
 
 def list_pieces(source: str, split: str = "train") -> list[Piece]:
     """Cut a source into pieces whose documents, concatenated in order, are the source's documents.
 
-    Local files are grouped into runs of at least ``clamp(total / 64, 256 KiB, 256 MiB)`` bytes (a larger file is a
-    piece of its own); a Hugging Face dataset gives one piece per shard of its streaming form (usually a data file).
+    Local files are grouped into runs of at least ``clamp(total / 64, 256 KiB, 256 MiB)`` bytes; a larger file is a
+    piece of its own, except an uncompressed ``.jsonl`` file of more than twice that, which is cut into byte ranges
+    of about that size (a line belongs to the range it begins in); a Hugging Face dataset gives one piece per shard of its streaming form (usually a data file).
 
     Args:
         source: A source string (see :func:`iter_documents`).
@@ -142,6 +152,14 @@ def list_pieces(source: str, split: str = "train") -> list[Piece]:
     target = min(max(sum(sizes) // _PIECES_PER_SOURCE, _MIN_PIECE_BYTES), _MAX_PIECE_BYTES)
     pieces, group, group_bytes = [], [], 0
     for file, size in zip(files, sizes):
+        if size > _RANGES_ABOVE * target and format_suffix(file) == ".jsonl" and not is_compressed(file):
+            if group:
+                pieces.append(Piece(source, tuple(group), num_bytes=group_bytes))
+                group, group_bytes = [], 0
+            bounds = [size * index // -(-size // target) for index in range(-(-size // target) + 1)]
+            pieces += [Piece(source, (str(file),), num_bytes=end - start, start=start, end=end)
+                       for start, end in zip(bounds, bounds[1:])]
+            continue
         group.append(str(file))
         group_bytes += size
         if group_bytes >= target:
@@ -167,6 +185,9 @@ def iter_piece(piece: Piece, text_field: str = "text", split: str = "train") -> 
         rows = _load_hf_dataset(piece.source, split, streaming=True).shard(piece.num_shards, piece.shard)
         for index, row in enumerate(rows):
             yield _record_text(row, text_field, f"{piece.describe()} row {index}")
+        return
+    if piece.end is not None:
+        yield from _iter_json_lines_range(Path(piece.files[0]), piece.start, piece.end, text_field)
         return
     for file in piece.files:
         if not is_compressed(file):
@@ -513,6 +534,25 @@ def _iter_json_lines(path: Path, text_field: str) -> Iterator[str]:
             except json.JSONDecodeError as error:
                 raise IIETError(f"{path}:{line_number}: not valid JSON ({error}); fix or remove that line") from None
             yield _record_text(record, text_field, f"{path}:{line_number}")
+
+
+def _iter_json_lines_range(path: Path, start: int, end: int, text_field: str) -> Iterator[str]:
+    """The records of the lines of a JSON Lines file that begin at a byte in ``[start, end)``."""
+    with open(path, "rb") as file:
+        file.seek(max(start - 1, 0))
+        if start > 0:
+            file.readline()  # the rest of the line that began before ``start`` (only its newline, if one ends there)
+        position = file.tell()
+        while position < end and (line := file.readline()):
+            where = f"{path} (line at byte {position})"
+            position += len(line)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.decode("utf-8", errors="replace"))
+            except json.JSONDecodeError as error:
+                raise IIETError(f"{where}: not valid JSON ({error}); fix or remove that line") from None
+            yield _record_text(record, text_field, where)
 
 
 def _iter_json(path: Path, text_field: str) -> Iterator[str]:
