@@ -297,6 +297,7 @@ def test_cli_rejects_bad_input_before_loading(tmp_path, capsys):
     port = taken.getsockname()[1]
     cases = [
         (["--model", str(tmp_path / "absent")], "does not exist"),
+        (["--model", str(tmp_path), "--port", "0"], "holds no config.json"),
         (["--model", str(tmp_path), "--port", str(port)], f"127.0.0.1:{port} is in use; pass another --port"),
         (["--model", str(tmp_path), "--port", "70000"], "port must be in 0..65535"),
         (["--model", str(tmp_path), "--log_level", "loud"], "unknown log_level 'loud'"),

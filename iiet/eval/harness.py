@@ -156,6 +156,8 @@ def load_checkpoint(
     path = str(path)
     if not Path(path).expanduser().exists():
         raise IIETError(f"checkpoint {path} does not exist (expected a directory saved with save_pretrained)")
+    if Path(path).expanduser().is_dir() and not (Path(path).expanduser() / "config.json").is_file():
+        raise IIETError(f"{path} holds no config.json; give a model directory saved with save_pretrained")
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as error:  # transformers raises many types; the user needs one line
