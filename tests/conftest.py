@@ -5,7 +5,9 @@ Nothing here reads outside the repository: a clean clone runs every non-GPU test
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import pathlib
 import random
 
@@ -112,3 +114,20 @@ def one_thread():
 @pytest.fixture(params=list(ALL_SCHEMES), ids=list(ALL_SCHEMES))
 def scheme(request):
     return ALL_SCHEMES[request.param]
+
+
+@contextlib.contextmanager
+def logged_messages(logger_name: str):
+    """The list of messages logged to ``logger_name`` (or its children) while the block runs."""
+    messages: list[str] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    recorder, logger = Recorder(), logging.getLogger(logger_name)
+    logger.addHandler(recorder)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(recorder)

@@ -20,6 +20,8 @@ from iiet.eval.harness import HUB_TASKS, PAPER_TASKS, lm_eval_task_names, overri
 from iiet.eval.report import COLUMNS, table_rows
 from iiet.eval.tasks.utils import DATA_FILES, wikitext_detokenizer, wikitext_documents
 
+from .conftest import logged_messages
+
 MAX_POSITIONS = 128  # small, so that long documents are scored in several rolling windows
 TRAINING_TEXT = (
     "The quick brown fox jumps over the lazy dog. A question: what is the answer? "
@@ -337,30 +339,16 @@ def test_table_shows_stderrs_and_marks_limit_runs():
 
 def test_plain_lm_eval_group_reports_the_papers_average_without_custom_kwargs_warnings(model, tokenizer, data_dir):
     """``--tasks iiet_table1`` through lm-eval itself (the plain CLI's route): the group's paper_acc is Avg."""
-    import logging
-
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     from iiet.eval.harness import task_manager
 
-    class Recorder(logging.Handler):
-        def __init__(self):
-            super().__init__()
-            self.messages = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
-
-    recorder, logger = Recorder(), logging.getLogger("lm_eval")
-    logger.addHandler(recorder)
-    try:
+    with logged_messages("lm_eval") as messages:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=4)
         output = lm_eval.simple_evaluate(model=lm, tasks=["iiet_table1"], task_manager=task_manager(data_dir),
                                          limit=2, log_samples=False)
-    finally:
-        logger.removeHandler(recorder)
-    assert not [m for m in recorder.messages if "Custom kwargs" in m]
+    assert not [m for m in messages if "Custom kwargs" in m]
     group = output["results"]["iiet_table1"]
     _, (row,) = table_rows({"m": output})
     assert group["paper_acc,none"] * 100 == pytest.approx(row["Avg."])

@@ -12,7 +12,7 @@ from iiet.models.convert import upcycle, upcycle_llama
 from iiet.models.costs import parameter_count
 from iiet.models.presets import build_config
 
-from .conftest import TINY, tiny_model
+from .conftest import TINY, logged_messages, tiny_model
 
 
 def _llama(seed=0):
@@ -341,30 +341,16 @@ def test_scheme_modules_initialise_their_own_parameters():
 
 def test_forward_and_generate_print_no_deprecation_warning_of_our_own_outputs():
     """Outputs carry the cache under this transformers' field name, so no "`past_key_values` ... deprecated"."""
-    import logging
-
     import transformers
 
-    class Recorder(logging.Handler):
-        def __init__(self):
-            super().__init__()
-            self.messages = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
-
     transformers.utils.logging.warning_once.cache_clear()  # a warning given earlier in this process would hide
-    recorder, logger = Recorder(), logging.getLogger("transformers")
-    logger.addHandler(recorder)
-    try:
+    with logged_messages("transformers") as messages:
         model = tiny_model({"name": "iiet", "num_iterations": 1})
         x = _ids(B=1, T=5)
         out = model(x, use_cache=True)
         assert out.cache is not None and out.cache.get_seq_length() == 5
         model.generate(x, max_new_tokens=3, do_sample=False)
-    finally:
-        logger.removeHandler(recorder)
-    assert not [m for m in recorder.messages if "deprecated" in m], recorder.messages
+    assert not [m for m in messages if "deprecated" in m], messages
 
 
 def test_the_table_of_named_models_resolves_every_name_to_its_scheme_and_label():
