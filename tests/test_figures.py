@@ -29,7 +29,8 @@ def test_distinct_colors_never_repeat(count):
     colors = distinct_colors(count)
     assert len(colors) == count and len({matplotlib.colors.to_hex(c) for c in colors}) == count
     if count <= 10:  # Matplotlib's default cycle, as before
-        assert [matplotlib.colors.to_hex(c) for c in colors] == [matplotlib.colors.to_hex(f"C{i}") for i in range(count)]
+        assert [matplotlib.colors.to_hex(c) for c in colors] == [matplotlib.colors.to_hex(f"C{i}")
+                                                                 for i in range(count)]
 
 
 def test_twelve_runs_get_twelve_colours_and_a_distillation_plots_its_cross_entropy(tmp_path):
@@ -56,4 +57,26 @@ def test_block_influence_has_whole_layer_ticks_and_a_colour_per_model():
     ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
     assert len({matplotlib.colors.to_hex(line.get_color()) for line in axis.get_lines()}) == 11
+    pyplot().close(figure)
+
+
+def test_legends_use_the_papers_names_of_the_runs_models(tmp_path):
+    from .conftest import tiny_model
+
+    runs = {"euler-s0": "euler", "euler-s1": "euler", "iiet-r3": {"name": "iiet", "num_iterations": 3},
+            "lb": {"name": "iiet", "iteration_plan": [0, 0, 0]}}
+    for name, scheme in runs.items():
+        _write_run(tmp_path / name, [5.0, 4.0])
+        tiny_model(scheme).config.save_pretrained(tmp_path / name / "final")
+    _write_run(tmp_path / "bare", [5.0, 4.0])  # a metrics.jsonl without a model: its directory names it
+    figure = loss_curves_figure([str(tmp_path / name) for name in [*runs, "bare"]])
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["Transformer++: euler-s0", "Transformer++: euler-s1", "IIET (r=3)", "Lower Bound", "bare"]
+    pyplot().close(figure)
+
+    influences = [Influence(block=[0.1, 0.2, 0.15], iteration=[[0.1]] * 3, model={"scheme": {"name": "euler"}}),
+                  Influence(block=[0.1, 0.2, 0.15], iteration=[[0.1, 0.0]] * 3,
+                            model={"scheme": {"name": "iiet", "num_iterations": 1}})]
+    figure = block_influence_figure(influences)
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["Transformer++", "IIET (r=1)"]
     pyplot().close(figure)

@@ -371,3 +371,15 @@ def test_the_table_of_named_models_resolves_every_name_to_its_scheme_and_label()
                          ("rk9", "unknown model name"), ("lower-bound=2", "takes no =VALUE"), ("iiet=x", "valid")):
         with pytest.raises(IIETError, match=message):
             resolve(bad, 4)
+
+
+def test_label_of_finds_the_papers_name_for_non_default_values_too():
+    from iiet.models.names import label_of
+
+    assert label_of({"name": "iiet", "num_iterations": 2}, 3) == "IIET (r=2)"  # the demo's IIET
+    assert label_of({"name": "iiet", "num_iterations": 2, "iteration_plan": [0, 2, 2]}, 3) == \
+        "IIET (r=2), explicit first layer"
+    assert label_of({"name": "pcformer", "order": 4}, 3) == "PCformer (RK4)"
+    assert label_of({"name": "weight_shared", "repeats": 2}, 3) == "Trans WS (k=2)"
+    assert label_of({"name": "iiet", "iteration_plan": [0, 0, 0]}, 3) == "Lower Bound"  # not "E-IIET (sum r=0)"
+    assert label_of({"name": "iiet", "iteration_plan": [0, 1, 3]}, 3) == "E-IIET (sum r=4)"

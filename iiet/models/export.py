@@ -158,6 +158,8 @@ def export(model: str, output_dir: str, to: Literal["llama"] = "llama") -> None:
 
     from iiet.iiad.identity import load_model
 
+    from .names import label_of
+
     source, output = Path(model), Path(output_dir)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise IIETError(f"{output} is not empty; choose a new --output_dir so nothing is overwritten.")
@@ -175,9 +177,10 @@ def export(model: str, output_dir: str, to: Literal["llama"] = "llama") -> None:
             raise IIETError(f"{source} is a {config.model_type!r} checkpoint, not an iiet one; it needs no export.")
         reason = llama_export_refusal(config)
         if reason is not None:
-            raise IIETError(f"{source} cannot be exported to LLaMA: {reason}. Only Transformer++ (scheme euler) "
-                            "checkpoints are LLaMA models; share this one as an iiet checkpoint (it loads with "
-                            "`import iiet` or trust_remote_code=True).")
+            label = label_of(config.scheme, config.num_hidden_layers)
+            raise IIETError(f"{source} ({label}) cannot be exported to LLaMA: {reason}. Only Transformer++ (scheme "
+                            "euler) checkpoints are LLaMA models; share this one as an iiet checkpoint (it loads "
+                            "with `import iiet` or trust_remote_code=True).")
     network = load_model(source)  # fp32, for the check below; one-line errors for a missing checkpoint
     tokenizer = load_tokenizer_if_any(source)
     llama = to_llama(network)
@@ -191,7 +194,8 @@ def export(model: str, output_dir: str, to: Literal["llama"] = "llama") -> None:
                     setattr(target, key, value)
     difference = max_logit_difference(network, llama, network.config.vocab_size)
     if difference > LLAMA_EXPORT_TOLERANCE:
-        raise RuntimeError(f"the LLaMA export differs from the model by {difference:.2e} in the logits; report this bug.")
+        raise RuntimeError(f"the LLaMA export differs from the model by {difference:.2e} in the logits; report this "
+                           "bug.")
     stored = getattr(config, "dtype", None)  # save in the checkpoint's own precision
     if isinstance(stored, str):
         import torch

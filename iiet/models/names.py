@@ -162,18 +162,35 @@ def resolve(spec: str, num_layers: int) -> Resolved:
     return Resolved(spec, config.to_dict(), label)
 
 
+def _value_texts(model: NamedModel, num_layers: int, config: SchemeConfig) -> list[str]:
+    """``=VALUE`` texts that may give ``config``: its values of the fields the name's default scheme sets."""
+    default, _ = model.build(num_layers, None)
+    texts = []
+    for key in default:
+        value = getattr(config, key, None) if key != "name" else None
+        if isinstance(value, list):
+            texts.append(",".join(str(v) for v in value))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            texts.append(str(value))
+    return texts
+
+
 def label_of(scheme: dict[str, Any] | SchemeConfig, num_layers: int) -> str:
-    """The paper's label of a scheme: the first name in the table (or its -fl variant) that gives it; otherwise the
+    """The paper's label of a scheme: the first name in the table (or its -fl variant) that gives it, first with the
+    names' defaults (so all-zero plans are "Lower Bound"), then with a ``=VALUE`` (``IIET (r=2)``); otherwise the
     scheme's name and parameters."""
     config = parse_scheme(scheme)
-    for name, model in MODELS.items():
-        for spec in (name, name + EXPLICIT_FIRST_LAYER):
-            try:
-                resolved = resolve(spec, num_layers)
-            except IIETError:
-                continue
-            if resolved.scheme_config == config:
-                return resolved.label
+    plain = [spec for name in MODELS for spec in (name, name + EXPLICIT_FIRST_LAYER)]
+    valued = [spec for name, model in MODELS.items() if model.value is not None
+              for text in _value_texts(model, num_layers, config)
+              for spec in (f"{name}={text}", f"{name}{EXPLICIT_FIRST_LAYER}={text}")]
+    for spec in plain + valued:
+        try:
+            resolved = resolve(spec, num_layers)
+        except IIETError:
+            continue
+        if resolved.scheme_config == config:
+            return resolved.label
     values = {k: v for k, v in config.to_dict().items() if k != "name" and v is not None}
     plan = config.plan(num_layers)
     if plan is not None and config.plan_field in values:

@@ -62,7 +62,8 @@ def plot(
     Args:
         runs: run directories (or metrics.jsonl files), e.g. ``--runs [runs/euler,runs/iiet]``.
         output: image file to write (PNG, PDF or SVG by its suffix).
-        labels: legend names, one per run (default: the run directory names).
+        labels: legend names, one per run (default: the paper's name of each run's model, e.g. Transformer++ or
+            IIET (r=3), with the directory name where names repeat; the directory name for a bare metrics.jsonl).
         x_axis: "tokens" seen, optimizer "step", or "time": the wall time each run spent training (from the
             elapsed_s field of metrics.jsonl; seconds, minutes or hours by the longest run).
     """

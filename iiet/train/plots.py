@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -62,7 +63,7 @@ def loss_curves_figure(runs: list[str], labels: list[str] | None = None, x_axis:
                                 "plot it with --x_axis tokens or step.")
         unit = _time_unit(max(r.get(coordinate, 0.0) for records in all_records for r in records))
         scale, x_label = 1.0 / SECONDS_PER[unit], f"wall time spent training ({unit})"
-    labels = labels or [run_label(f) for f in metrics_files]
+    labels = labels or run_labels(metrics_files)
     figure, (train_axis, val_axis) = pyplot().subplots(1, 2, figsize=(11, 4), sharey=True)
     for label, records, color in zip(labels, all_records, distinct_colors(len(runs))):
         training = CROSS_ENTROPY if any(CROSS_ENTROPY in r for r in records) else "loss"
@@ -82,6 +83,27 @@ def loss_curves_figure(runs: list[str], labels: list[str] | None = None, x_axis:
     return figure
 
 
-def run_label(metrics_file: Path) -> str:
-    """A run's legend name: its directory's name."""
-    return metrics_file.parent.name
+def run_labels(metrics_files: list[Path]) -> list[str]:
+    """Legend names: the paper's name of the model each run trained, with the run's directory where names repeat
+    (seeds of one model); the directory's name alone for a run that holds no model config."""
+    names = [_model_label(f.parent) or f.parent.name for f in metrics_files]
+    return [f"{name}: {f.parent.name}" if names.count(name) > 1 else name for name, f in zip(names, metrics_files)]
+
+
+def _model_label(run_dir: Path) -> str | None:
+    """The paper's name of the model a run directory trained (its final/ export, else its newest checkpoint)."""
+    from iiet.models.names import label_of
+    from iiet.train.checkpoint import STATE_FILE, list_checkpoints
+    from iiet.train.trainer import FINAL_DIR
+
+    config_file, checkpoints = run_dir / FINAL_DIR / "config.json", list_checkpoints(run_dir)
+    try:
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+        elif checkpoints:
+            config = json.loads((checkpoints[-1] / STATE_FILE).read_text())["model_config"]
+        else:
+            return None
+        return label_of(config["scheme"], config["num_hidden_layers"])
+    except (OSError, ValueError, KeyError):  # unreadable or not an iiet model: fall back to the directory name
+        return None
