@@ -142,7 +142,7 @@ def max_logit_difference(model, other, vocab_size: int, seed: int = 0) -> float:
 
 
 def export(model: str, output_dir: str, to: Literal["llama"] = "llama") -> None:
-    """Write a checkpoint in another model family's format, loadable without ``iiet``.
+    """Write a checkpoint in another model family's format, loadable without iiet (--to llama: LlamaForCausalLM).
 
     ``--to llama``: a Transformer++ checkpoint (scheme ``euler``) becomes a plain ``LlamaForCausalLM`` directory
     (config ``model_type: llama``, the same safetensors weights, generation config and tokenizer), checked to give
