@@ -12,7 +12,7 @@ import torch
 
 from iiet import IIETForCausalLM
 from iiet.bench import generate_fast
-from iiet.bench.commands import bench
+from iiet.bench.commands import bench, run_benchmark
 from iiet.bench.generation import decode, decode_step, prefill
 from iiet.bench.graphs import GraphDecodeStep
 from iiet.bench.specs import default_plan, parse_spec
@@ -171,6 +171,40 @@ def test_bench_writes_a_complete_report(tmp_path, capsys):
     assert sum(line.startswith("| my-iiet + draft lower-bound (k=2) | checkpoint |") for line in out.splitlines()) == 2
     assert (tmp_path / "out" / "decode_vs_iterations.png").stat().st_size > 0
     assert (tmp_path / "out" / "results.md").read_text().strip() in out
+
+
+def test_bench_prompts_from_a_text_file(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    checkpoint = tmp_path / "ckpt"
+    IIETForCausalLM(build_config("tiny", {"name": "iiet", "num_iterations": 1})).save_pretrained(checkpoint)
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(50)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words).save_pretrained(checkpoint)
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(" ".join(f"w{(3 * i + j) % 50}" for j in range(5)) for i in range(4)))
+    result = run_benchmark([str(checkpoint), f"{checkpoint}+draft:k=2"], "tiny", [3], 6, 2, 1, "cpu", False,
+                           prompt_text=str(text))
+    assert result["settings"]["prompt_text"] == str(text)
+    assert result["models"][1]["batches"][3]["speculative"]["identical_tokens"]
+    for bad_text, models in ((tmp_path / "missing.txt", [str(checkpoint)]), (text, ["iiet"])):
+        with pytest.raises(IIETError, match="prompt_text"):
+            run_benchmark(models, "tiny", [1], 6, 2, 1, "cpu", False, prompt_text=str(bad_text))
+    with pytest.raises(IIETError, match="has 20 tokens"):
+        run_benchmark([str(checkpoint)], "tiny", [4], 6, 2, 1, "cpu", False, prompt_text=str(text))
+
+
+def test_bench_sampling_decodes_every_model_by_sampling():
+    result = run_benchmark(["iiet=1", "iiet=1+draft:k=2"], "tiny", [2], 4, 3, 1, "cpu", False, temperature=0.8,
+                           top_k=20)
+    assert result["settings"]["sampling"] == {"temperature": 0.8, "top_k": 20, "top_p": None}
+    spec = result["models"][1]["batches"][2]["speculative"]
+    assert spec["identical_tokens"] is None and spec["rounds"] > 0  # sampled tokens are not compared
+    assert not any(t["target"].startswith("greedy") for t in result["targets"])
+    for bad in (dict(temperature=0.0, top_k=5), dict(temperature=-1.0), dict(temperature=1.0, cuda_graphs=True)):
+        with pytest.raises(IIETError, match="temperature|sampling"):
+            run_benchmark(["iiet=1"], "tiny", [1], 4, 3, 1, "cpu", False, **bad)
 
 
 def test_bench_cli_smoke(tmp_path, capsys):

@@ -8,8 +8,10 @@ import sys
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 
 from iiet.errors import IIETError
+from iiet.models.speculative import Sampling
 from iiet.outputs import atomic_write, check_writable
 
 from . import report
@@ -31,6 +33,10 @@ def run_benchmark(
     device: str,
     compile: bool,
     cuda_graphs: bool = False,
+    prompt_text: str | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
     log=lambda message: print(message, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
     """Measure the models; returns the JSON-ready result (``settings``, ``machine``, ``models``, ``targets``)."""
@@ -45,8 +51,15 @@ def run_benchmark(
         raise IIETError(f"batch_sizes={batch_sizes} must be a non-empty list of positive integers.")
     if compile and cuda_graphs:
         raise IIETError("choose one of compile and cuda_graphs for the decode step, not both.")
+    if temperature < 0 or (temperature == 0 and (top_k or top_p)):
+        raise IIETError("temperature must be > 0 to sample (top_k/top_p apply to sampling); 0 = greedy decoding.")
+    if temperature and (compile or cuda_graphs):
+        raise IIETError("sampling (temperature > 0) runs the decode step eagerly; drop compile/cuda_graphs.")
     settings = Settings(batch_sizes, prompt_len, new_tokens, repeats, dev, dtype, compile, cuda_graphs)
+    settings.sampling = Sampling(temperature, top_k, top_p) if temperature else None
     specs = parse_specs(models, preset)
+    if prompt_text is not None:
+        settings.prompt_tokens = text_prompts(prompt_text, specs, max(batch_sizes) * prompt_len)
     entries = []
     for spec in specs:
         entry = Entry(spec, load_model(spec, dev, dtype))
@@ -67,11 +80,34 @@ def run_benchmark(
     return {
         "settings": {"models": models, "preset": preset, "batch_sizes": batch_sizes, "prompt_len": prompt_len,
                      "new_tokens": new_tokens, "repeats": repeats, "compile": compile,
-                     "cuda_graphs": cuda_graphs},
+                     "cuda_graphs": cuda_graphs, "prompt_text": prompt_text,
+                     "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p} if temperature else None},
         "machine": machine(settings),
         "models": results,
         "targets": targets,
     }
+
+
+def text_prompts(path: str, specs: list, num_tokens: int) -> torch.Tensor:
+    """The first ``num_tokens`` tokens of the text file ``path`` (1D), tokenized with the tokenizer saved in the
+    first checkpoint among ``specs``; rows of a batch are its consecutive ``prompt_len`` windows."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise IIETError(f"prompt_text {path} does not exist; give a text file (e.g. held-out text of the corpus).")
+    folder = next((s.checkpoint for s in specs if s.checkpoint and (pathlib.Path(s.checkpoint) / "tokenizer.json")
+                   .is_file()), None)
+    if folder is None:
+        raise IIETError("prompt_text needs a checkpoint with its tokenizer (tokenizer.json) among the models; "
+                        "random-weight models have none: drop --prompt_text to use random prompts.")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids: list[int] = []
+    with file.open(encoding="utf-8", errors="replace") as f:
+        for line in f:  # the head of the file suffices: stop once there are enough tokens
+            ids += tokenizer(line, add_special_tokens=False)["input_ids"]
+            if len(ids) >= num_tokens:
+                return torch.tensor(ids[:num_tokens])
+    raise IIETError(f"prompt_text {path} has {len(ids)} tokens; the largest batch needs {num_tokens} "
+                    "(batch x prompt_len): give a longer text or smaller sizes.")
 
 
 def render(result: dict[str, Any]) -> str:
@@ -81,7 +117,10 @@ def render(result: dict[str, Any]) -> str:
     speculative = report.speculative_table(result["models"], s["batch_sizes"])
     return "\n\n".join(part for part in [
         f"Inference benchmark on {where} ({m['device']}, {m['dtype']}, torch {m['torch']}): prompt {s['prompt_len']} "
-        f"tokens, {s['new_tokens']} decoded tokens, median of {s['repeats']} interleaved runs"
+        "tokens" + (f" of {pathlib.Path(s['prompt_text']).name}" if s.get("prompt_text") else " (random ids)")
+        + f", {s['new_tokens']} decoded tokens"
+        + (f" sampled ({', '.join(f'{k} {v}' for k, v in s['sampling'].items() if v)})" if s.get("sampling") else "")
+        + f", median of {s['repeats']} interleaved runs"
         + (", decode step compiled" if s["compile"] else "")
         + (", decode step replayed from a CUDA graph" if s.get("cuda_graphs") else "")
         + (f"; load average {m['load_average'][0]:.1f} on {m['threads']} CPU threads" if "load_average" in m else "")
@@ -109,6 +148,10 @@ def bench(
     device: str = "auto",
     compile: bool = False,
     cuda_graphs: bool = False,
+    prompt_text: str | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
     output_dir: str = "bench_results",
 ) -> None:
     """Measure prefill and decode speed, FLOPs, KV cache and memory of several models in one run.
@@ -137,10 +180,16 @@ def bench(
         compile: ``torch.compile`` the decode step (dynamic shapes); minutes to compile a large IIET, and on CPU.
         cuda_graphs: replay the decode step from a CUDA graph (fixed shapes: the whole cache, masked); removes the
             per-kernel host overhead that bounds eager decoding of small models. On CPU the same step runs eagerly.
+        prompt_text: a text file whose first ``batch x prompt_len`` tokens (tokenized with the first checkpoint's
+            tokenizer) are the prompts, instead of random ids: what a draft's acceptance should be measured on.
+        temperature: 0 (default) decodes greedily; > 0 samples (every model alike), with ``top_k``/``top_p``.
+        top_k: sampling only: keep the ``top_k`` most likely tokens.
+        top_p: sampling only: keep the smallest set of tokens with probability >= ``top_p``.
         output_dir: where results.md, decode_vs_iterations.png and results.json go.
     """
     out = check_writable(output_dir, "--output_dir")
-    result = run_benchmark(models, preset, batch_sizes, prompt_len, new_tokens, repeats, device, compile, cuda_graphs)
+    result = run_benchmark(models, preset, batch_sizes, prompt_len, new_tokens, repeats, device, compile, cuda_graphs,
+                           prompt_text, temperature, top_k, top_p)
     text = render(result)
     print(text)
     atomic_write(out / "results.md", text + "\n")

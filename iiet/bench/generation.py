@@ -17,9 +17,9 @@ from typing import Callable
 import torch
 
 from iiet.models.cache import SlotCache
-from iiet.models.speculative import generate_speculative
+from iiet.models.speculative import Sampling, generate_speculative
 
-__all__ = ["decode", "decode_step", "generate_fast", "generate_speculative", "prefill"]
+__all__ = ["SamplingStep", "decode", "decode_step", "generate_fast", "generate_speculative", "prefill"]
 
 DecodeStep = Callable[[torch.nn.Module, torch.Tensor, SlotCache], torch.Tensor]
 
@@ -28,6 +28,18 @@ def decode_step(model: torch.nn.Module, token: torch.Tensor, cache: SlotCache) -
     """One decoding step: (B, 1) tokens in, (B, 1) greedy next tokens out; appends one position to every slot."""
     logits = model(token, past_key_values=cache, use_cache=True).logits  # (B, 1, V)
     return logits[:, -1].argmax(-1, keepdim=True)
+
+
+class SamplingStep:
+    """A decoding step that samples from plain sampling's distribution (``Sampling``: temperature, top-k, top-p)
+    instead of taking the argmax: what ``iiet bench --temperature`` times."""
+
+    def __init__(self, sampling: Sampling, generator: torch.Generator | None = None):
+        self.sampling, self.generator = sampling, generator
+
+    def __call__(self, model: torch.nn.Module, token: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+        logits = model(token, past_key_values=cache, use_cache=True).logits[:, -1]  # (B, V)
+        return torch.multinomial(self.sampling.probabilities(logits), 1, generator=self.generator)
 
 
 def prefill(

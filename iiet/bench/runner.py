@@ -3,7 +3,8 @@
 For each batch size every model gets one warm-up run, then ``repeats`` timed runs; the models take turns within each
 repetition (the starting model rotates), so a burst of load on a shared machine hits all of them alike, and the
 median of the repetitions is reported. A run = reset the model's ``SlotCache`` (allocated once per batch size),
-time the prefill of a ``(B, prompt_len)`` random prompt, then time ``new_tokens`` greedy decode steps.
+time the prefill of a ``(B, prompt_len)`` prompt (random ids, or windows of a text), then time ``new_tokens`` decode
+steps (greedy, or sampled alike for every model).
 The decode step runs eagerly, compiled (``torch.compile``) or replayed from a CUDA graph (``graphs.py``).
 A model with a draft (``SPEC+draft=...``) decodes the same ``new_tokens`` by self-speculative decoding
 (``iiet.models.speculative``, eager): its decoder holds both caches, and each run also records the acceptance,
@@ -28,9 +29,15 @@ import torch
 from iiet.models.cache import SlotCache
 from iiet.models.costs import flops_per_token, kv_cache_bytes_per_token
 from iiet.models.modeling_iiet import IIETForCausalLM
-from iiet.models.speculative import SpeculativeDecoder, SpeculativeStats, resolve_draft, speculative_max_length
+from iiet.models.speculative import (
+    Sampling,
+    SpeculativeDecoder,
+    SpeculativeStats,
+    resolve_draft,
+    speculative_max_length,
+)
 
-from .generation import decode, decode_step, generate_fast, prefill
+from .generation import SamplingStep, decode, decode_step, generate_fast, prefill
 from .graphs import GraphDecodeStep
 from .specs import ModelSpec
 
@@ -51,6 +58,8 @@ class Settings:
     dtype: torch.dtype
     compile: bool = False
     cuda_graphs: bool = False
+    prompt_tokens: torch.Tensor | None = None  # 1D text to cut the prompts from; None: random ids
+    sampling: Sampling | None = None  # decode by sampling (every model alike); None: greedy
 
 
 @dataclass
@@ -98,8 +107,9 @@ def _decoder(entry: Entry, batch_size: int, settings: Settings) -> SpeculativeDe
     """The self-speculative decoder of a draft entry: both caches, sized for one prefill and ``new_tokens`` more."""
     k = entry.spec.num_draft_tokens
     length = speculative_max_length(settings.prompt_len, settings.new_tokens + 1, k, batch_size)
-    return SpeculativeDecoder(entry.model, entry.spec.draft, k, batch_size, length, profile=True,
-                              draft_confidence=entry.spec.draft_confidence)
+    generator = torch.Generator(settings.device).manual_seed(PROMPT_SEED) if settings.sampling else None
+    return SpeculativeDecoder(entry.model, entry.spec.draft, k, batch_size, length, settings.sampling, generator,
+                              profile=True, draft_confidence=entry.spec.draft_confidence)
 
 
 def describe(entry: Entry, settings: Settings) -> dict[str, Any]:
@@ -169,7 +179,7 @@ def _cache_bytes(cache: SlotCache | SpeculativeDecoder) -> int:
     return cache.nbytes
 
 
-def _speculative_summary(stats: list[SpeculativeStats], identical: bool) -> dict[str, Any]:
+def _speculative_summary(stats: list[SpeculativeStats], identical: bool | None) -> dict[str, Any]:
     """Acceptance, tokens per verify forward and the time per round, over the timed runs."""
     total = SpeculativeStats.total(stats)
     summary = total.to_dict()
@@ -179,6 +189,8 @@ def _speculative_summary(stats: list[SpeculativeStats], identical: bool) -> dict
 
 
 def _decode_step(settings: Settings):
+    if settings.sampling is not None:
+        return SamplingStep(settings.sampling, torch.Generator(settings.device).manual_seed(PROMPT_SEED))
     if settings.compile:
         return torch.compile(decode_step, dynamic=True)
     if settings.cuda_graphs:
@@ -193,7 +205,11 @@ def measure(entries: list[Entry], settings: Settings, log=print) -> None:
     vocab = min(e.model.config.vocab_size for e in entries)
     max_length = settings.prompt_len + settings.new_tokens
     for B in settings.batch_sizes:
-        prompt = torch.randint(1, vocab, (B, settings.prompt_len), generator=torch.Generator().manual_seed(PROMPT_SEED))
+        if settings.prompt_tokens is None:
+            seeded = torch.Generator().manual_seed(PROMPT_SEED)
+            prompt = torch.randint(1, vocab, (B, settings.prompt_len), generator=seeded)
+        else:
+            prompt = settings.prompt_tokens[: B * settings.prompt_len].view(B, settings.prompt_len)
         prompt = prompt.to(settings.device)
         caches = [
             _decoder(e, B, settings) if e.spec.draft is not None else SlotCache.for_model(e.model, B, max_length)
@@ -202,7 +218,7 @@ def measure(entries: list[Entry], settings: Settings, log=print) -> None:
         for entry in entries:  # compiled or captured during the warm-up run
             entry.step = _decode_step(settings)
         runs: list[list[tuple]] = [[] for _ in entries]
-        identical = [True] * len(entries)
+        identical: list[bool | None] = [None if settings.sampling else True for _ in entries]
         started = time.perf_counter()
         for rep in range(WARMUP_RUNS + settings.repeats):
             first = rep % len(entries)  # rotate who goes first
@@ -210,7 +226,8 @@ def measure(entries: list[Entry], settings: Settings, log=print) -> None:
                 result = _run_once(entries[k], prompt, caches[k], settings)
                 if rep >= WARMUP_RUNS:
                     runs[k].append(result)
-                elif entries[k].spec.draft is not None:  # untimed: the draft must not change the greedy tokens
+                elif entries[k].spec.draft is not None and settings.sampling is None:
+                    # Untimed: the draft must not change the greedy tokens (sampled ones differ by chance).
                     plain = generate_fast(entries[k].model, prompt, settings.new_tokens + 1)[:, settings.prompt_len :]
                     identical[k] = torch.equal(result[4], plain)
         for entry, cache, timings, same in zip(entries, caches, runs, identical):
