@@ -208,12 +208,24 @@ def test_two_processes_match_one_on_the_same_global_batch(data_dir, tmp_path, pa
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < PARITY_TOLERANCE
     assert single["step"] == 4
-    # DCP checkpoints reshard: the 2-process step-2 checkpoint resumes in one process on the same trajectory.
+    # Checkpoints hold the full state, so they change world size both ways: the 2-process step-2 checkpoint
+    # resumes in one process, and the 1-process one in two, on the same trajectory.
     fit(tiny_config(data_dir, tmp_path / "continued", "iiet", optim__max_steps=4, run__eval_every=2,
                     run__eval_batches=5, run__checkpoint_every=2,
                     run__resume=str(tmp_path / parallel / "checkpoints" / "step_00000002")))
     one, continued = losses(tmp_path / "single"), losses(tmp_path / "continued")
     assert all(abs(one[s] - continued[s]) < PARITY_TOLERANCE for s in (3, 4)), (one, continued)
+    shutil.copytree(tmp_path / "single", tmp_path / "widened")
+    shutil.rmtree(tmp_path / "widened" / "final")
+    shutil.rmtree(tmp_path / "widened" / "checkpoints" / "step_00000004")
+    result = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "iiet.cli", "train", *args,
+         "--run.parallel", parallel, "--run.output_dir", str(tmp_path / "widened")],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0 and "resumed from" in result.stdout, result.stderr[-3000:]
+    widened = losses(tmp_path / "widened")
+    assert all(abs(one[s] - widened[s]) < PARITY_TOLERANCE for s in (3, 4)), (one, widened)
 
 
 @pytest.mark.slow
