@@ -37,7 +37,8 @@ SUMMARIES: dict[str, str] = {
     "info": "Print each preset's parameters, block evaluations, FLOPs and KV-cache bytes per token under each scheme.",
     "upcycle": "Convert a LLaMA checkpoint directory into a numerical-Transformer checkpoint that starts from its "
                "weights.",
-    "export": "Write a checkpoint in another model family's format, loadable without ``iiet``.",
+    "export": "Write a checkpoint in another model family's format, loadable without iiet (--to llama: "
+              "LlamaForCausalLM).",
     "reproduce": "Run the paper's study end to end (train, evaluate, IIAD, benchmark, report); skips what is already "
                  "done.",
     "bench": "Measure prefill and decode speed, FLOPs, KV cache and memory of several models in one run.",
