@@ -99,6 +99,12 @@ def test_generate_stops_at_a_forced_end_of_text(final_dir):
         output = model.generate(**prompt, max_new_tokens=20, logits_processor=[forced], **options)
         assert output.shape[1] == prompt_length + 4, f"generation ran past </s> with {options}"
         assert output[0, -1].item() == tokenizer.eos_token_id
+    # The pipeline reads the same generation config.
+    from transformers import pipeline
+
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    (result,) = generator("the river flows past", max_new_tokens=20, logits_processor=[forced], return_tensors=True)
+    assert len(result["generated_token_ids"]) == prompt_length + 4
 
 
 def test_overrides_naming_other_special_tokens_are_refused_before_any_work(data_dir, tmp_path):
