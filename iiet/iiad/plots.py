@@ -8,20 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from iiet.iiad.influence import Influence
-from iiet.plotting import distinct_colors
 from iiet.models.names import label_of
+from iiet.plotting import distinct_colors, pyplot, save_figure
 
 CELL_INCHES = 0.55  # heatmap cell width: room for a two-decimal annotation
 DARK_TEXT_FRACTION = 0.6  # cells darker than this fraction of the colour range get white text
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+FIGURE_DPI = 130  # a little sharper than the default: the heatmap's annotations are small
 
 
 def influence_matrix(influence: Influence) -> np.ndarray:
@@ -35,7 +27,7 @@ def influence_matrix(influence: Influence) -> np.ndarray:
 
 def plot_iteration_influence(influence: Influence, path: str | Path, title: str | None = None) -> Path:
     """Heatmap of iteration influence: layers left to right, initial compute at the bottom, annotated cells."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = influence_matrix(influence)
     rows, layers = matrix.shape
     figure, axis = plt.subplots(figsize=(max(4.0, CELL_INCHES * layers + 2.5), 0.6 * rows + 1.6))
@@ -53,14 +45,14 @@ def plot_iteration_influence(influence: Influence, path: str | Path, title: str 
     axis.set_ylabel("iteration calculation phase")
     figure.colorbar(image, ax=axis, label="influence (1 - cos)")
     axis.set_title(title or f"Iteration influence ({_model_label(influence)})")
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=FIGURE_DPI)
 
 
 def plot_block_influence(
     influences: list[Influence], path: str | Path, labels: list[str] | None = None, title: str | None = None
 ) -> Path:
     """Draw ``block_influence_figure`` into ``path``."""
-    return _save(block_influence_figure(influences, labels, title), path)
+    return save_figure(block_influence_figure(influences, labels, title), path, dpi=FIGURE_DPI)
 
 
 def block_influence_figure(influences: list[Influence], labels: list[str] | None = None, title: str | None = None):
@@ -69,7 +61,7 @@ def block_influence_figure(influences: list[Influence], labels: list[str] | None
     from matplotlib.ticker import MaxNLocator
 
     labels = labels or [_model_label(x) for x in influences]
-    figure, axis = _pyplot().subplots(figsize=(7, 4))
+    figure, axis = pyplot().subplots(figsize=(7, 4))
     for influence, label, color in zip(influences, labels, distinct_colors(len(influences))):
         axis.plot(range(len(influence.block)), influence.block, marker="o", markersize=3, color=color, label=label)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
@@ -84,14 +76,3 @@ def block_influence_figure(influences: list[Influence], labels: list[str] | None
 def _model_label(influence: Influence) -> str:
     scheme = influence.scheme_config
     return label_of(scheme, len(influence.iteration)) if scheme is not None else "?"
-
-
-def _save(figure, path: str | Path) -> Path:
-    plt = _pyplot()
-    from iiet.outputs import atomic_savefig
-
-    path = Path(path)
-    figure.tight_layout()
-    atomic_savefig(figure, path, dpi=130)
-    plt.close(figure)
-    return path
