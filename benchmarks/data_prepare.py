@@ -47,7 +47,8 @@ encode = getattr(tokenizer, sys.argv[3])
 start, cpu = time.perf_counter(), time.process_time()
 tokens = sum(len(encoding.ids) for i in range(0, len(documents), {batch})
              for encoding in encode(documents[i : i + {batch}], add_special_tokens=False))
-print(json.dumps({{"tokens": tokens, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}}))
+seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({{"tokens": tokens, "seconds": seconds, "cpu_seconds": cpu_seconds}}))
 """.format(batch=_CEILING_BATCH)
 
 
@@ -134,8 +135,8 @@ def main() -> None:
     print("|---|---|---|")
     for method in methods:
         cells = [summary[method][f"{rate}_quartiles"] for rate in RATES]
-        print(f"| {method} | " + " | ".join(f"{m / 1e3:.1f}k ({lo / 1e3:.1f}k .. {hi / 1e3:.1f}k)" for lo, m, hi in cells)
-              + " |")
+        print(f"| {method} | "
+              + " | ".join(f"{m / 1e3:.1f}k ({lo / 1e3:.1f}k .. {hi / 1e3:.1f}k)" for lo, m, hi in cells) + " |")
     for ceiling_method in methods[:2]:
         cells = [summary[f"data-prepare / {ceiling_method}"][f"{rate}_ratio_quartiles"] for rate in RATES]
         print(f"| data-prepare / {ceiling_method} (per repeat) | "

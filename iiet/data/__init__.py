@@ -2,7 +2,8 @@
 
 The pipeline is ``sources -> train_tokenizer -> prepare_data -> PackedDataset``: documents are read from local
 files, globs, Hugging Face datasets or the builtin (Python stdlib) corpus, tokenized once into fixed-length
-sequences on disk (in parallel, resumable shards), and served to training as ``torch.LongTensor`` rows (``labels = input_ids``).
+sequences on disk (in parallel, resumable shards), and served to training as ``torch.LongTensor`` rows
+(``labels = input_ids``).
 """
 
 from iiet.data.packed import PackedDataset, check_compatible, load_meta, tokenizer_hash

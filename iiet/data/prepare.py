@@ -127,6 +127,8 @@ def prepare_data(
 
     (output / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     (output / META_FILE).unlink(missing_ok=True)  # from here until the end, the folder must not look complete
+    for split in SPLITS:  # the single files of a format-1 preparation in this folder, now replaced by shards
+        (output / f"{split}.bin").unlink(missing_ok=True)
     job = ShardTokenizer(output, loaded, settings, max_replacement_share, chunking_is_exact(loaded))
     if max_documents is None:
         keys = [job.shard_key(piece, None) for piece in pieces]
@@ -215,9 +217,11 @@ def _run(job: ShardTokenizer, tasks: list[tuple[int, Piece, str, None]], num_pro
         progress.close()
 
 
-def _run_forked(job: ShardTokenizer, tasks: list, workers: int, progress: _Progress) -> Iterator[tuple[int, dict[str, Any]]]:
+def _run_forked(job: ShardTokenizer, tasks: list, workers: int, progress: _Progress
+                ) -> Iterator[tuple[int, dict[str, Any]]]:
     # fork, not spawn: workers inherit the loaded tokenizer instead of re-importing torch and transformers
-    # (seconds each). Safe because this process never ran the Rust thread pool before forking.
+    # (seconds each). prepare_data itself never runs Rust's thread pool before forking; if the caller did (it
+    # trained the tokenizer), tokenizers' fork hook switches parallelism off in the workers, which is safe.
     global _job, _progress_queue
     context = multiprocessing.get_context("fork")
     _job, _progress_queue = job, context.Queue()

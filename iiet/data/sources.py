@@ -124,7 +124,9 @@ class Piece:
             return f"{self.source} (shard {self.shard} of {self.num_shards})"
         if self.end is not None:
             return f"{self.files[0]} (bytes {self.start} .. {self.end})"
-        return self.files[0] if len(self.files) == 1 else f"{self.files[0]} .. {self.files[-1]} ({len(self.files)} files)"
+        if len(self.files) == 1:
+            return self.files[0]
+        return f"{self.files[0]} .. {self.files[-1]} ({len(self.files)} files)"
 
 
 def list_pieces(source: str, split: str = "train") -> list[Piece]:
@@ -132,7 +134,8 @@ def list_pieces(source: str, split: str = "train") -> list[Piece]:
 
     Local files are grouped into runs of at least ``clamp(total / 64, 256 KiB, 256 MiB)`` bytes; a larger file is a
     piece of its own, except an uncompressed ``.jsonl`` file of more than twice that, which is cut into byte ranges
-    of about that size (a line belongs to the range it begins in); a Hugging Face dataset gives one piece per shard of its streaming form (usually a data file).
+    of about that size (a line belongs to the range it begins in); a Hugging Face dataset gives one piece per shard
+    of its streaming form (usually a data file).
 
     Args:
         source: A source string (see :func:`iter_documents`).
