@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM
 
 import iiet  # noqa: F401
 from iiet.data import PackedDataset
+from iiet.plotting import pyplot, save_figure
 
 TOLERANCES = [0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 
@@ -154,12 +155,7 @@ def main() -> None:
 
 
 def _plot(results, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
     adaptive = [r for r in results if r["tolerance"] is not None]
     fixed = [r for r in results if r["tolerance"] is None]
     for ax, key, label in ((axes[0], "perplexity", "perplexity (val)"),
@@ -172,8 +168,7 @@ def _plot(results, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Adaptive corrections vs fixed iteration plans (no distillation)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

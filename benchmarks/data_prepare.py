@@ -15,7 +15,7 @@ crowded machine more runnable threads get a bigger share of the cores, which fav
 clock, never on CPU time), the per-repeat ratios ``data-prepare / ceiling``, the machine's load average, and the
 hours 16B tokens would take; writes the JSON last.
 
-    nice -n 10 python benchmarks/data_prepare.py --sources '/work/shared/data/enwiki-extract/wiki_0[0-7].txt' \\
+    nice -n 10 python benchmarks/data_prepare.py --sources 'data/enwiki-extract/wiki_0[0-7].txt' \\
         --tokenizer tokenizers/enwiki-8k --repeats 3
 """
 

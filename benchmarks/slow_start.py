@@ -22,6 +22,7 @@ import iiet  # noqa: F401
 from iiet.data import PackedDataset
 from iiet.models.names import resolve
 from iiet.models.presets import PRESETS
+from iiet.plotting import pyplot, save_figure
 from iiet.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from iiet.train.trainer import Trainer
 
@@ -115,12 +116,7 @@ def main() -> None:
 
 
 def _plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     for r in results.values():
         ax.plot([t / 1e3 for t in r["val_loss"]], list(r["val_loss"].values()), "o-", label=r["label"])
     ax.set_xlabel("training tokens (thousands)")
@@ -128,8 +124,7 @@ def _plot(results: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Leaving the unigram plateau (same data, seed and lr schedule)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

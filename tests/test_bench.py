@@ -15,7 +15,7 @@ from iiet.bench import generate_fast
 from iiet.bench.commands import bench, run_benchmark
 from iiet.bench.generation import decode, decode_step, prefill
 from iiet.bench.graphs import GraphDecodeStep
-from iiet.bench.specs import default_plan, parse_spec
+from iiet.bench.specs import SPEC_NAMES, default_plan, parse_spec
 from iiet.cli import main as cli_main
 from iiet.errors import IIETError
 from iiet.models.cache import SlotCache
@@ -213,3 +213,13 @@ def test_bench_cli_smoke(tmp_path, capsys):
               "--output_dir", str(tmp_path)])
     assert "| IIET (r=1) |" in capsys.readouterr().out
     assert json.loads((tmp_path / "results.json").read_text())["settings"]["preset"] == "tiny"
+
+
+def test_bench_help_lists_every_model_spec(capsys):
+    for name in SPEC_NAMES:  # every name parses ...
+        parse_spec(name, "tiny")
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # ... and --help names it
+    missing = [name for name in SPEC_NAMES if f"``{name}" not in text]
+    assert not missing, missing

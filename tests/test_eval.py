@@ -16,7 +16,8 @@ import torch
 
 from iiet.errors import IIETError
 from iiet.eval import evaluate, markdown_table
-from iiet.eval.harness import HUB_TASKS, PAPER_TASKS, lm_eval_task_names, override_config
+from iiet.eval.harness import HUB_TASKS, PAPER_TASKS, lm_eval_task_names
+from iiet.models.loading import override_config
 from iiet.eval.report import COLUMNS, table_rows
 from iiet.eval.tasks.utils import DATA_FILES, wikitext_detokenizer, wikitext_documents
 

@@ -197,7 +197,7 @@ TABLE = [[0.30, 0.05, 0.01, 0.20], [0.20, 0.10, 0.02, 0.01], [0.25, 0.21, 0.30, 
 def _influence(table, scheme=None, layers=None) -> Influence:
     config = IIETConfig(**{**TINY, "num_hidden_layers": layers or len(table)},
                         scheme=scheme or {"name": "iiet", "num_iterations": len(table[0]) - 1})
-    from iiet.iiad.identity import config_values
+    from iiet.models.comparison import config_values
 
     return Influence(block=[0.1] * len(table), iteration=table,
                      model={"scheme": dict(config.scheme), "config": config_values(config)})

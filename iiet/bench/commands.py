@@ -11,11 +11,12 @@ import torch
 from transformers import AutoTokenizer
 
 from iiet.errors import IIETError
+from iiet.models.loading import resolve_device, resolve_dtype
 from iiet.models.speculative import Sampling
 from iiet.outputs import atomic_write, check_writable
 
 from . import report
-from .runner import Entry, Settings, describe, load_model, machine, measure, resolve_device
+from .runner import Entry, Settings, build_model, describe, machine, measure
 from .specs import parse_specs
 
 DEFAULT_MODELS = ["transformer++", "pcformer", "iiet", "e-iiet", "lower-bound"]
@@ -42,9 +43,8 @@ def run_benchmark(
     """Measure the models; returns the JSON-ready result (``settings``, ``machine``, ``models``, ``targets``)."""
     if min(prompt_len, new_tokens, repeats) < 1:
         raise IIETError("prompt_len, new_tokens and repeats must all be >= 1.")
-    dev, dtype = resolve_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise IIETError(f"device={device!r} but CUDA is not available here; use --device cpu or auto.")
+    dev = resolve_device(device)
+    dtype = resolve_dtype("auto", dev)  # bf16 on GPU, fp32 on CPU (bf16 matmuls are 10-100x slower there)
     if batch_sizes is None:
         batch_sizes = GPU_BATCH_SIZES if dev.type == "cuda" else CPU_BATCH_SIZES
     if not batch_sizes or min(batch_sizes) < 1:
@@ -62,7 +62,7 @@ def run_benchmark(
         settings.prompt_tokens = text_prompts(prompt_text, specs, max(batch_sizes) * prompt_len)
     entries = []
     for spec in specs:
-        entry = Entry(spec, load_model(spec, dev, dtype))
+        entry = Entry(spec, build_model(spec, dev, dtype))
         limit = entry.model.config.max_position_embeddings
         if prompt_len + new_tokens > limit:
             raise IIETError(f"{spec.label}: prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the model's "

@@ -17,6 +17,7 @@ import statistics
 from typing import Any
 
 from iiet.models.configuration_iiet import parse_scheme
+from iiet.plotting import pyplot, save_figure
 
 IIET_R3_TARGET = 0.25
 SPECULATIVE_TARGET = 0.5
@@ -214,11 +215,6 @@ def plot_iterations(results: list[dict[str, Any]], batch_sizes: list[int], path:
 
     Returns ``False`` (and writes nothing) when the run has no IIET model.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     family = sorted(
         (r for r in results if _corrections(r) is not None and r.get("baseline") and not r.get("draft")),
         key=lambda r: r["block_evaluations"],
@@ -227,7 +223,7 @@ def plot_iterations(results: list[dict[str, Any]], batch_sizes: list[int], path:
         return False
     base = next(r for r in results if r["label"] == family[0]["baseline"])
     rs = [r["block_evaluations"] / r["num_layers"] - 1 for r in family]  # mean corrections per layer
-    fig, (speed, memory) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (speed, memory) = pyplot().subplots(1, 2, figsize=(10, 4))
     for B in batch_sizes:
         line, = speed.plot(rs, [r["batches"][B]["decode_tokens_per_s"] for r in family], "o-", label=f"IIET, B={B}")
         ref = base["batches"][B]["decode_tokens_per_s"]
@@ -251,9 +247,5 @@ def plot_iterations(results: list[dict[str, Any]], batch_sizes: list[int], path:
     for label, x, r in zip([r["label"] for r in family], rs, family):
         speed.annotate(label, (x, r["batches"][batch_sizes[0]]["decode_tokens_per_s"]), fontsize=7,
                        textcoords="offset points", xytext=(3, 3))
-    from iiet.outputs import atomic_savefig
-
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return True

@@ -28,6 +28,7 @@ import torch
 
 from iiet.models.cache import SlotCache
 from iiet.models.costs import flops_per_token, kv_cache_bytes_per_token
+from iiet.models.loading import load_model
 from iiet.models.modeling_iiet import IIETForCausalLM
 from iiet.models.speculative import (
     Sampling,
@@ -72,25 +73,14 @@ class Entry:
     step: Any = decode_step
 
 
-def resolve_device(device: str) -> tuple[torch.device, torch.dtype]:
-    """``"auto"`` -> CUDA if present; bf16 on GPU, fp32 on CPU (bf16 matmuls are 10-100x slower on this CPU)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
-
-
-def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> IIETForCausalLM:
+def build_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> IIETForCausalLM:
+    """The checkpoint's model, or a model of the spec's config with seeded random weights, in eval mode."""
     if spec.checkpoint is not None:
-        from iiet.iiad.identity import load_model as load_checkpoint  # one-line errors for a bad folder
-
-        model = load_checkpoint(spec.checkpoint, device, dtype)
-    else:
-        torch.manual_seed(WEIGHT_SEED)
-        with torch.device(device):  # initialise on the device: fast for the large presets
-            model = IIETForCausalLM(spec.config)
-        model = model.to(dtype)
-    return model.eval()
+        return load_model(spec.checkpoint, device, dtype, require_iiet=True)
+    torch.manual_seed(WEIGHT_SEED)
+    with torch.device(device):  # initialise on the device: fast for the large presets
+        model = IIETForCausalLM(spec.config)
+    return model.to(dtype).eval()
 
 
 def _sync(device: torch.device) -> None:

@@ -7,13 +7,12 @@ length-normalised accuracy, SciQ and WinoGrande accuracy. With ``data_dir`` the 
 
 Each model goes through the standard route: ``lm_eval.simple_evaluate(model=HFLM(pretrained=<model object>, ...),
 task_manager=TaskManager(...))``. A checkpoint directory is loaded with ``AutoModelForCausalLM``; IIET checkpoints are
-found because importing ``iiet.models`` registers their Auto classes.
+found because importing ``iiet`` registers their Auto classes (``iiet.models.loading.load_model``).
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from iiet.errors import IIETError
 from iiet.eval.report import write_reports
 from iiet.eval.tasks import HUB_TASKS, LOCAL_TASKS, PAPER_TASKS, TASK_DIR
+from iiet.models.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 
 ALL = PAPER_TASKS
 
@@ -68,58 +68,6 @@ def task_manager(data_dir: str | Path | None):
     return TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata={"data_dir": data_dir})
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on GPU, fp32 on CPU (CPU bf16 matmuls are 10-100x slower, and fp32 is the reference)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    resolved = getattr(torch, dtype, None)
-    if not isinstance(resolved, torch.dtype):
-        raise IIETError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    return resolved
-
-
-def _register_iiet_models() -> None:
-    # Importing the model package registers the IIET config/model classes with the HF Auto classes.
-    try:
-        importlib.import_module("iiet.models")
-    except ModuleNotFoundError as error:
-        if error.name not in ("iiet.models", "iiet"):
-            raise
-
-
-def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def override_config(config, overrides: Mapping[str, Any] | None, source: str = "checkpoint"):
-    """A copy of ``config`` with ``overrides`` applied, rebuilt through the config class so it validates them.
-
-    Dict-valued fields are merged key by key: ``{"scheme": {"num_iterations": 2}}`` keeps the checkpoint's other
-    scheme settings. Only fields the config already has may be overridden.
-    """
-    if not overrides:
-        return config
-    fields = config.to_dict()
-    unknown = [key for key in overrides if key not in fields]
-    if unknown:
-        raise IIETError(f"{source}: its config ({config.model_type}) has no field(s) {unknown} to override")
-    return type(config).from_dict(_merge(fields, overrides))
-
-
 def scheme_overrides(
     num_iterations: int | None = None,
     iteration_plan: Sequence[int] | None = None,
@@ -142,40 +90,6 @@ def scheme_overrides(
     if adaptive_tolerance is not None:
         scheme["adaptive_tolerance"] = adaptive_tolerance
     return {"scheme": scheme} if scheme else None
-
-
-def load_checkpoint(
-    path: str | Path,
-    model_overrides: Mapping[str, Any] | None = None,
-    dtype: torch.dtype = torch.float32,
-):
-    """Load a causal LM and its tokenizer from a checkpoint directory, with config fields overridden first."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    _register_iiet_models()
-    path = str(path)
-    if not Path(path).expanduser().exists():
-        raise IIETError(f"checkpoint {path} does not exist (expected a directory saved with save_pretrained)")
-    if Path(path).expanduser().is_dir() and not (Path(path).expanduser() / "config.json").is_file():
-        raise IIETError(f"{path} holds no config.json; give a model directory saved with save_pretrained")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception as error:  # transformers raises many types; the user needs one line
-        raise IIETError(f"cannot load checkpoint {path}: {_first_line(error)}") from error
-    config = override_config(config, model_overrides, source=path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except IIETError:
-        raise  # already names the problem (e.g. an impossible scheme override)
-    except Exception as error:
-        raise IIETError(f"cannot load checkpoint {path}: {_first_line(error)}") from error
-    return model, tokenizer
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def _flatten(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -250,8 +164,8 @@ def evaluate(
     for spec in models:
         name = _display_name(spec, model_overrides, set(results))
         if isinstance(spec, (str, Path)):
-            model, saved_tokenizer = load_checkpoint(spec, model_overrides, torch_dtype)
-            model_tokenizer = tokenizer or saved_tokenizer
+            model = load_model(spec, torch_device, torch_dtype, model_overrides)
+            model_tokenizer = tokenizer or load_tokenizer(spec)
         else:
             if model_overrides:
                 raise IIETError("model_overrides apply to checkpoint directories, not to model objects")

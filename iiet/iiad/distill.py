@@ -34,10 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from iiet.errors import IIETError
-from iiet.iiad.identity import check_identity, config_values, load_model
+from iiet.iiad.identity import check_identity
 from iiet.iiad.plan import Plan, plan_scheme
 from iiet.models.configuration_iiet import IIETConfig, parse_scheme
+from iiet.models.comparison import config_values
 from iiet.models.export import special_token_ids
+from iiet.models.loading import load_model
 from iiet.models.modeling_iiet import IIETForCausalLM
 from iiet.train.config import ModelConfig, TrainConfig
 from iiet.train.metrics import CROSS_ENTROPY
@@ -244,8 +246,8 @@ class DistillationTrainer(Trainer):
     def __init__(self, config: DistillTrainConfig):
         config.validate()
         d = config.distill
-        self.teacher = load_model(d.teacher).requires_grad_(False)
-        self.source = load_model(d.student) if d.student else self.teacher  # the weights the student starts from
+        self.teacher = load_model(d.teacher, require_iiet=True).requires_grad_(False)
+        self.source = load_model(d.student, require_iiet=True) if d.student else self.teacher  # the weights the student starts from
         plan = Plan.load(d.plan) if d.plan else None
         if d.student and plan is None and d.student_scheme is None:
             self.student_scheme = dict(self.source.config.scheme)

@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 
 from iiet.errors import IIETError
 from iiet.iiad.files import read_json, write_json
+from iiet.iiad.identity import model_identity
+from iiet.iiad.segments import batches
 from iiet.models.configuration_iiet import SchemeConfig, parse_scheme
 
 FORMAT = "iiet-influence"
@@ -165,9 +167,6 @@ def compute_influence(
     progress: bool = True,
 ) -> Influence:
     """Block and iteration influence of ``model`` over token ``segments`` (see the module docstring)."""
-    from iiet.iiad.identity import model_identity
-    from iiet.iiad.segments import batches
-
     if batch_size < 1:
         raise IIETError(f"batch_size={batch_size} must be >= 1.")
     pad_id = model.config.pad_token_id or 0  # any valid id: padded positions are masked out

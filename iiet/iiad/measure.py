@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 from iiet.errors import IIETError
-from iiet.iiad.identity import load_model, resolve_device, resolve_dtype
 from iiet.iiad.influence import Influence, compute_influence
 from iiet.iiad.plots import plot_block_influence, plot_iteration_influence
 from iiet.iiad.segments import is_prepared_data, sample_segments
+from iiet.models.loading import load_model
 from iiet.outputs import check_writable
 
 INFLUENCE_FILE = "influence.json"
@@ -65,7 +65,7 @@ def measure_influence(
     """
     check_writable(output_dir, "--output_dir")  # before the model loads and the segments run
     others = [Influence.load(path) for path in compare or []]  # fail on a bad path before the long part
-    network = load_model(model, resolve_device(device), resolve_dtype(dtype))
+    network = load_model(model, device, dtype, require_iiet=True)
     if seq_len is None:
         seq_len = min(DEFAULT_SEGMENT_TOKENS, network.config.max_position_embeddings)
     if seq_len > network.config.max_position_embeddings:

@@ -36,7 +36,8 @@ from typing import Any
 from iiet.errors import IIETError
 from iiet.iiad.files import read_json, write_json
 from iiet.iiad.influence import Influence
-from iiet.models.configuration_iiet import parse_scheme
+from iiet.models.configuration_iiet import IIETConfig, parse_scheme
+from iiet.models.costs import flops_per_token
 
 RULES = ("e-iiet", "lower-bound", "threshold", "budget")
 KEEP_MODES = ("count", "leading", "through-last")
@@ -165,8 +166,6 @@ def plan_scheme(scheme: dict[str, Any], plan: list[int]) -> dict[str, Any]:
 
 
 def _config(influence: Influence, plan: list[int] | None):
-    from iiet.models.configuration_iiet import IIETConfig
-
     values = dict(influence.model.get("config") or {})
     if not values:
         raise IIETError("the influence file records no model config; re-measure it with `iiet influence`.")
@@ -176,8 +175,6 @@ def _config(influence: Influence, plan: list[int] | None):
 
 def max_evaluations_for_flops(influence: Influence, fraction: float, context: int) -> int:
     """The most block evaluations per token whose FLOPs stay within ``fraction`` of the measured model's."""
-    from iiet.models.costs import flops_per_token
-
     if not 0 < fraction <= 1:
         raise IIETError(f"budget_flops_fraction={fraction} must be in (0, 1] (a fraction of the measured model).")
     L = len(influence.iteration)
@@ -199,8 +196,6 @@ def make_plan(
     influence_file: str | None = None,
 ) -> Plan:
     """Apply a rule (module docstring) to a model's measured influence; ``IIETError`` on inconsistent options."""
-    from iiet.models.costs import flops_per_token
-
     if rule not in RULES:
         raise IIETError(f"rule={rule!r} is not one of {RULES}.")
     scheme = influence.scheme_config

@@ -19,12 +19,13 @@ from typing import Any, Iterator
 
 import torch
 
+from iiet.data.packed import META_FILE, PackedDataset
+from iiet.data.sources import iter_documents
+from iiet.data.tokenizer import load_tokenizer
 from iiet.errors import IIETError
 
 
 def is_prepared_data(path: str | Path) -> bool:
-    from iiet.data.packed import META_FILE
-
     return (Path(path) / META_FILE).is_file()
 
 
@@ -65,8 +66,6 @@ def sample_segments(
 
 
 def _packed_segments(path, num_segments, seq_len, split, seed, vocab_size):
-    from iiet.data.packed import PackedDataset
-
     dataset = PackedDataset(path, split)
     if dataset.vocab_size > vocab_size:
         raise IIETError(f"the data in {path} uses {dataset.vocab_size} token ids but the model has only {vocab_size}; "
@@ -79,9 +78,6 @@ def _packed_segments(path, num_segments, seq_len, split, seed, vocab_size):
 
 
 def _text_segments(source, num_segments, seq_len, tokenizer_name, seed, vocab_size):
-    from iiet.data.sources import iter_documents
-    from iiet.data.tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(tokenizer_name)
     if len(tokenizer) > vocab_size:
         raise IIETError(f"tokenizer {tokenizer_name} has {len(tokenizer)} tokens but the model has {vocab_size}; "

@@ -15,6 +15,7 @@ from typing import Any
 
 from iiet.errors import IIETError
 
+from .comparison import TRANSFORMERS_BOOKKEEPING
 from .configuration_iiet import IIETConfig, parse_scheme
 from .export import load_tokenizer_if_any, save_pretrained_with_tokenizer, special_token_ids
 from .modeling_iiet import IIETForCausalLM
@@ -22,9 +23,7 @@ from .modeling_iiet import IIETForCausalLM
 
 def config_from_llama(llama_config, scheme: str | dict[str, Any], tokenizer=None) -> IIETConfig:
     """An ``IIETConfig`` with a LLaMA config's hyper-parameters and the given scheme (special tokens: the tokenizer's)."""
-    values = llama_config.to_dict()
-    for key in ("model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype"):
-        values.pop(key, None)
+    values = {k: v for k, v in llama_config.to_dict().items() if k not in TRANSFORMERS_BOOKKEEPING}
     if tokenizer is not None:
         values.update(special_token_ids(tokenizer))
     return IIETConfig(**values, scheme=parse_scheme(scheme).to_dict())

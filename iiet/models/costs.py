@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .configuration_iiet import IIETConfig
+from .modeling_iiet import IIETForCausalLM
 
 
 def block_parameters(config: IIETConfig) -> int:
@@ -65,8 +66,6 @@ def kv_cache_bytes_per_token(config: IIETConfig, dtype: torch.dtype = torch.bflo
 
 def parameter_count(config: IIETConfig) -> int:
     """Trainable parameters (tied embeddings counted once), counted on the meta device (no memory)."""
-    from .modeling_iiet import IIETForCausalLM
-
     with torch.device("meta"):
         model = IIETForCausalLM(config)
     return sum(p.numel() for p in model.parameters())

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from iiet.errors import IIETError
+from iiet.outputs import check_writable
+
+from .loading import load_model
+from .names import label_of
 
 SPECIAL_TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -156,19 +160,11 @@ def export(model: str, output_dir: str, to: Literal["llama"] = "llama") -> None:
     """
     from transformers import AutoConfig
 
-    from iiet.iiad.identity import load_model
-
-    from .names import label_of
-
     source, output = Path(model), Path(output_dir)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise IIETError(f"{output} is not empty; choose a new --output_dir so nothing is overwritten.")
-    from iiet.outputs import check_writable
-
     check_writable(output, "--output_dir")
     if (source / "config.json").is_file():
-        import iiet  # noqa: F401  (registers model_type "iiet")
-
         try:
             config = AutoConfig.from_pretrained(source)
         except Exception as error:  # transformers raises many types for a broken config; the user needs one line
@@ -181,7 +177,7 @@ def export(model: str, output_dir: str, to: Literal["llama"] = "llama") -> None:
             raise IIETError(f"{source} ({label}) cannot be exported to LLaMA: {reason}. Only Transformer++ (scheme "
                             "euler) checkpoints are LLaMA models; share this one as an iiet checkpoint (it loads "
                             "with `import iiet` or trust_remote_code=True).")
-    network = load_model(source)  # fp32, for the check below; one-line errors for a missing checkpoint
+    network = load_model(source, require_iiet=True)  # fp32, for the check below; one-line errors
     tokenizer = load_tokenizer_if_any(source)
     llama = to_llama(network)
     if tokenizer is not None:  # a checkpoint from before the ids came from the tokenizer: the tokenizer is right

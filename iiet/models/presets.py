@@ -20,7 +20,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
     ),
-    # The CPU calibration size (shared/reference/calibration-cpu.md): ~3.3M parameters with an 8k vocabulary.
+    # The CPU calibration size (docs/training.md): ~3.3M parameters with an 8k vocabulary.
     "cpu-small": dict(
         vocab_size=8192, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,

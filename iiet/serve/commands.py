@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from iiet.errors import IIETError
+from iiet.eval.harness import scheme_overrides
+from iiet.models.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -83,19 +85,17 @@ def load_served(
 ):
     """The ``ServedModel`` of checkpoint directory ``model``: weights and tokenizer, in eval mode on ``device``,
     decoding self-speculatively with ``draft_plan`` when one is given (validated here, before serving)."""
-    from iiet.eval.harness import load_checkpoint, resolve_device, resolve_dtype
     from iiet.serve.app import ServedModel
 
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    network, tokenizer = load_checkpoint(model, overrides, torch_dtype)
+    network = load_model(model, torch_device, resolve_dtype(dtype, torch_device), overrides)
     draft = None
     if draft_plan is not None:
         from iiet.models.speculative import resolve_draft
 
         resolve_draft(network.config, draft_plan)  # IIETError naming the fix for a plan this model cannot draft with
         draft = {"draft_plan": draft_plan, "num_draft_tokens": num_draft_tokens, "draft_confidence": draft_confidence}
-    return ServedModel(model, network.to(torch_device).eval(), tokenizer, draft)
+    return ServedModel(model, network, load_tokenizer(model), draft)
 
 
 def serve(
@@ -146,7 +146,6 @@ def serve(
         raise IIETError("iiet serve needs fastapi, uvicorn and openai; install them with pip install 'iiet[serve]'")
     import uvicorn
 
-    from iiet.eval.harness import scheme_overrides
     from iiet.serve.app import build_app
 
     if log_level not in LOG_LEVELS:

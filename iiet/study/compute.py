@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from iiet.models.configuration_iiet import IIETConfig
 from iiet.models.costs import flops_per_token, parameter_count, training_flops_per_token
 from iiet.models.names import resolve
 from iiet.models.presets import build_config
@@ -56,8 +57,6 @@ def run_model_config(run_dir: Path, meta: dict[str, Any]):
     """The model config of a run: its export if finished, else rebuilt from its ``train_config.yaml``."""
     final = run_dir / FINAL_DIR / "config.json"
     if final.is_file():
-        from iiet.models.configuration_iiet import IIETConfig
-
         return IIETConfig.from_pretrained(final.parent)
     model = _train_settings(run_dir)["model"]
     return build_model_config(model["preset"], model["scheme"], meta["vocab_size"], dict(model["overrides"]), meta)

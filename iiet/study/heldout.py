@@ -20,6 +20,7 @@ from typing import Iterable
 import torch
 
 from iiet.data.sources import iter_documents
+from iiet.models.loading import load_model, load_tokenizer
 
 # Documents shorter than this many tokens are skipped in the per-document spread: one window of a few tokens
 # measures the first-token guess, not the model.
@@ -45,10 +46,7 @@ def _score_ids(model, ids: torch.Tensor, seq_len: int, device: str, batch_size: 
 
 
 def _load(model_dir: str | Path, device: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    return load_model(model_dir, device), load_tokenizer(model_dir)
 
 
 def _score_tokens(model, tokenizer, ids: list[int], seq_len: int, device: str, batch_size: int) -> dict[str, float]:

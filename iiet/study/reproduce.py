@@ -23,7 +23,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
 
 from iiet.bench.commands import render, run_benchmark
 from iiet.eval.harness import evaluate
@@ -31,6 +30,7 @@ from iiet.iiad.distill import DistillConfig, DistillTrainConfig, distill
 from iiet.iiad.influence import Influence
 from iiet.iiad.measure import INFLUENCE_FILE, measure_influence
 from iiet.iiad.plan import make_plan
+from iiet.models.loading import resolve_device
 from iiet.models.names import resolve
 from iiet.models.presets import PRESETS
 from iiet.study.compute import matched_depth, matched_tokens
@@ -81,6 +81,10 @@ def run_study(config: StudyConfig, command: str | None = None) -> Path:
         study.timed("evaluate", _evaluate, study, trained)
         path = write_report(study)
     return path
+
+
+def _device_name(device: str) -> str:
+    return str(resolve_device(device))
 
 
 def _cadence(steps: int, evals: int, checkpoints: int, logs: int) -> dict[str, int]:
@@ -167,20 +171,16 @@ def _evaluate_one(study: Study, key: str, final: Path) -> None:
                         "tokens": records[-1].get("tokens")} if records else None
     for text in c.eval_texts:
         if text not in entry.setdefault("texts", {}):
-            entry["texts"][text] = text_perplexity(final, text, c.seq_len, _device(c.device))
+            entry["texts"][text] = text_perplexity(final, text, c.seq_len, _device_name(c.device))
     for corpus in c.eval_corpora:
         if corpus not in entry.setdefault("corpora", {}):
             entry["corpora"][corpus] = document_bits_per_byte(final, corpus, c.seq_len, max_documents=c.eval_documents,
-                                                              device=_device(c.device))
+                                                              device=_device_name(c.device))
     if c.eval_data_dir and "zero_shot" not in entry:
         out = evaluate([str(final)], tasks=c.eval_tasks, data_dir=c.eval_data_dir, limit=c.eval_limit,
-                       device=_device(c.device), output_dir=study.root / "eval" / key)
+                       device=_device_name(c.device), output_dir=study.root / "eval" / key)
         entry["zero_shot"] = next(iter(out.values()))["results"]
     study.save()
-
-
-def _device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def _influence(study: Study, trained: dict[str, list[Path]]) -> Path:
@@ -241,7 +241,7 @@ def _bench(study: Study) -> None:
     if out.is_file():
         return
     finals = [str(study.run_dir(name) / "final") for name in BENCH_RUNS if _done(study.run_dir(name) / "final")]
-    device = _device(study.config.device)
+    device = _device_name(study.config.device)
     result = run_benchmark(finals, preset=study.config.preset, batch_sizes=None if device == "cuda" else [1, 4],
                            prompt_len=32, new_tokens=16, repeats=3, device=device, compile=False)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from iiet.errors import IIETError
-from iiet.models.export import SPECIAL_TOKEN_KEYS, check_special_tokens, save_tokenizer
+from iiet.models.export import check_special_tokens, save_tokenizer
 from iiet.train.parallel import Distributed
 
 CHECKPOINTS = "checkpoints"
@@ -51,13 +51,6 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 FORMAT_VERSION = 2  # 1: torch.distributed.checkpoint (pickled metadata), no longer loaded
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _HASH_CHUNK = 1 << 24
-# Config entries that change neither the parameters nor the function the model computes. The special-token ids
-# come from the tokenizer; checkpoints written before they did carry LLaMA's defaults and must still resume.
-_CONFIG_KEYS_IGNORED = {
-    "transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype", "use_cache",
-    "output_attentions", "output_hidden_states", "return_dict", "_attn_implementation", "attn_implementation",
-    *SPECIAL_TOKEN_KEYS,
-}
 
 
 class CheckpointError(IIETError):
@@ -185,15 +178,6 @@ def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
     with safe_open(str(file), framework="pt") as handle:
         return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
-
-
-def comparable_model_config(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """The entries of a model config that decide its parameters and function (JSON-normalised)."""
-    kept = {k: v for k, v in config_dict.items() if k not in _CONFIG_KEYS_IGNORED}
-    return json.loads(json.dumps(kept, sort_keys=True, default=str))
-
-
-# -- saving ---------------------------------------------------------------------------------------------------------
 
 
 def save_checkpoint(

@@ -41,6 +41,7 @@ from iiet.data.packed import META_FILE, PackedDataset, check_compatible
 from iiet.data.prepare import prepare_data
 from iiet.data.tokenizer import train_tokenizer
 from iiet.errors import IIETError
+from iiet.models.comparison import config_difference
 from iiet.models.export import special_token_ids, with_special_tokens
 from iiet.models.presets import build_config
 from iiet.outputs import atomic_write, check_writable
@@ -453,13 +454,11 @@ class Trainer:
         """The checkpoint's state, after checking it was made by this model on this data."""
         state = ckpt.read_checkpoint_state(path, verify=False)  # verified when it was chosen
         # Through the config class, so that fields added since the checkpoint was written compare at their defaults.
-        saved = ckpt.comparable_model_config(type(self.model_config).from_dict(state["model_config"]).to_dict())
-        current = ckpt.comparable_model_config(self.model_config.to_dict())
-        changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
+        saved = type(self.model_config).from_dict(state["model_config"]).to_dict()
+        difference = config_difference(saved, self.model_config.to_dict())
+        if difference:
             raise IIETError(
-                f"checkpoint {path} was trained with a different model config ({details}); resume with the "
+                f"checkpoint {path} was trained with a different model config ({difference}); resume with the "
                 "original model settings, or start a new run in another --run.output_dir."
             )
         if state["data"] != self._data_identity():
