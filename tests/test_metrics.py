@@ -28,6 +28,10 @@ def test_tensorboard_keeps_the_checkpoint_step_when_a_run_resumes(tmp_path):
     for step in range(1, 14):  # the interrupted run got past its last checkpoint (step 10) before it died
         logger.log({"step": step, "tokens": 8 * step, "loss": 1.0 / step})
     logger.close()
+    # TensorBoard reads event files in name order: events.out.tfevents.<second>.<host>.<pid>.<writer number>. Two
+    # writers of one process within one second sort by that number as text (".10" before ".9"), so the resumed
+    # run's file could be read first; a real resume starts in a later second, and so does this one.
+    time.sleep(1.01 - time.time() % 1)
     logger = MetricsLogger(tmp_path, resume_step=10)
     for step in range(11, 21):
         logger.log({"step": step, "tokens": 8 * step, "loss": 1.0 / step})

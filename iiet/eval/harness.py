@@ -49,7 +49,7 @@ def lm_eval_task_names(tasks: Sequence[str], data_dir: str | Path | None) -> dic
 
 def check_data_files(tasks: Sequence[str], data_dir: str | Path) -> None:
     """Fail before any model is loaded if a file a task needs is missing (IIETError names it and the layout)."""
-    from iiet.eval.tasks.utils import DATA_FILES, data_file
+    from iiet.eval.tasks.utils import DATA_FILES, data_file  # imports lm-eval and datasets: only when needed
 
     if not Path(data_dir).expanduser().is_dir():
         raise IIETError(f"data_dir {data_dir} is not a directory")

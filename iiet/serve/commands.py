@@ -11,6 +11,7 @@ from pathlib import Path
 from iiet.errors import IIETError
 from iiet.eval.harness import scheme_overrides
 from iiet.models.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
+from iiet.models.speculative import resolve_draft
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -91,8 +92,6 @@ def load_served(
     network = load_model(model, torch_device, resolve_dtype(dtype, torch_device), overrides)
     draft = None
     if draft_plan is not None:
-        from iiet.models.speculative import resolve_draft
-
         resolve_draft(network.config, draft_plan)  # IIETError naming the fix for a plan this model cannot draft with
         draft = {"draft_plan": draft_plan, "num_draft_tokens": num_draft_tokens, "draft_confidence": draft_confidence}
     return ServedModel(model, network, load_tokenizer(model), draft)

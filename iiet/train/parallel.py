@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from iiet.errors import IIETError
+from iiet.models.loading import resolve_device
 
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)  # long enough for rank 0 to prepare data or export
 
@@ -80,9 +81,9 @@ class Distributed:
 def init_distributed(parallel: str, device: str = "auto") -> Distributed:
     """Start the process group when launched by ``torchrun``; pick this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise IIETError("run.device='cuda' but no CUDA device is visible; use run.device=auto or cpu.")
+    use_cuda = resolve_device(device).type == "cuda"
     if parallel == "none":
         if world_size > 1:
             raise IIETError(
