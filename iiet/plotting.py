@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iiet.outputs import atomic_savefig
+
 DPI = 120
 _QUALITATIVE = "tab10"  # Matplotlib's default cycle: the familiar colours for up to ten lines
 _MANY = "turbo"  # more lines: evenly spaced hues of a map whose neighbours stay apart
@@ -22,8 +24,6 @@ def pyplot():
 
 def save_figure(figure, path: str | Path, dpi: int = DPI) -> Path:
     """Lay out, write atomically (PNG, PDF or SVG by the suffix; parent folders created) and close ``figure``."""
-    from iiet.outputs import atomic_savefig
-
     path = Path(path)
     figure.tight_layout()
     atomic_savefig(figure, path, dpi=dpi)

@@ -15,7 +15,7 @@ from iiet.bench import generate_fast
 from iiet.bench.commands import bench, run_benchmark
 from iiet.bench.generation import decode, decode_step, prefill
 from iiet.bench.graphs import GraphDecodeStep
-from iiet.bench.specs import SPEC_NAMES, default_plan, parse_spec
+from iiet.bench.specs import default_plan, parse_spec
 from iiet.cli import main as cli_main
 from iiet.errors import IIETError
 from iiet.models.cache import SlotCache
@@ -216,10 +216,13 @@ def test_bench_cli_smoke(tmp_path, capsys):
 
 
 def test_bench_help_lists_every_model_spec(capsys):
-    for name in SPEC_NAMES:  # every name parses ...
+    from iiet.models.names import ALIASES, MODELS
+
+    names = [*MODELS, *ALIASES]
+    for name in names:  # every name parses ...
         parse_spec(name, "tiny")
     with pytest.raises(SystemExit):
         cli_main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # ... and --help names it
-    missing = [name for name in SPEC_NAMES if f"``{name}" not in text]
+    missing = [name for name in MODELS if f"``{name}" not in text]
     assert not missing, missing

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from iiet.eval.harness import PAPER_TASKS, evaluate, scheme_overrides
 from iiet.eval.report import markdown_table
+from iiet.outputs import check_writable
 
 
 def eval_command(
@@ -42,8 +43,6 @@ def eval_command(
         adaptive_tolerance: IIET checkpoints only: stop correcting a token at a layer once 1 - cos between its
             successive iterates is below this (docs/adaptive.md); 0 runs every correction.
     """
-    from iiet.outputs import check_writable
-
     check_writable(output_dir, "--output_dir")  # before the models load and the tasks run
     overrides = scheme_overrides(num_iterations, iteration_plan, adaptive_tolerance)
     results = evaluate(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from iiet.eval.tasks import HUB_TASKS, LOCAL_TASKS, PAPER_TASKS
+from iiet.outputs import atomic_file, atomic_write
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,6 @@ def task_summary(output: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def write_reports(results: Mapping[str, Mapping[str, Any]], output_dir: str | Path) -> dict[str, Path]:
     """Write ``table.md``, ``results.csv`` and ``results.json`` into ``output_dir``; returns their paths."""
     import lm_eval
-
-    from iiet.outputs import atomic_file, atomic_write
 
     output_dir = Path(output_dir)
     paths = {"markdown": output_dir / "table.md", "csv": output_dir / "results.csv", "json": output_dir / "results.json"}

@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iiet.data.packed import tokenizer_hash
 from iiet.errors import IIETError
 from iiet.iiad.identity import check_identity
 from iiet.iiad.plan import Plan, plan_scheme
-from iiet.models.configuration_iiet import IIETConfig, parse_scheme
 from iiet.models.comparison import config_values
+from iiet.models.configuration_iiet import IIETConfig, parse_scheme
 from iiet.models.export import special_token_ids
 from iiet.models.loading import load_model
 from iiet.models.modeling_iiet import IIETForCausalLM
@@ -170,8 +171,6 @@ def check_same_tokenizer(teacher: str, meta: dict[str, Any], data_path: str) -> 
     student would be exported with the data's tokenizer. A teacher saved without a tokenizer cannot be checked.
     """
     from transformers import AutoTokenizer
-
-    from iiet.data.packed import tokenizer_hash
 
     if not any((Path(teacher) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         return

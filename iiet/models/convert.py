@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from iiet.errors import IIETError
+from iiet.outputs import check_writable
 
 from .comparison import TRANSFORMERS_BOOKKEEPING
 from .configuration_iiet import IIETConfig, parse_scheme
@@ -53,8 +54,6 @@ def upcycle(llama_dir: str, output_dir: str, scheme: dict[str, Any] | str = "iie
         scheme: the target scheme, e.g. ``iiet`` or ``{"name": "iiet", "num_iterations": 3}`` (default r = 3).
     """
     from transformers import LlamaForCausalLM
-
-    from iiet.outputs import check_writable
 
     src, dst = Path(llama_dir), Path(output_dir)
     if not (src / "config.json").is_file():

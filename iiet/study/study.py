@@ -21,6 +21,7 @@ import torch
 from iiet.errors import IIETError
 from iiet.models.names import resolve
 from iiet.models.presets import PRESETS
+from iiet.outputs import check_writable
 
 # The default arms: names of the table of named models (``iiet.models.names``), which gives their schemes and labels.
 ARMS = ("transformer++", "dlcl", "pcformer", "trans-ws", "iiet-r1", "iiet-r2", "iiet-r3")
@@ -137,8 +138,6 @@ class StudyConfig:
                 resolve(arm, PRESETS[self.preset]["num_hidden_layers"])
             except IIETError as error:
                 raise IIETError(f"unknown arm {arm!r}: {error}") from None
-        from iiet.outputs import check_writable
-
         check_writable(self.output_dir, "--output_dir")  # before hours of data preparation and training
 
     def to_dict(self) -> dict[str, Any]:
