@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Literal
 
 from iiet.errors import IIETError
+from iiet.models.names import label_of
 from iiet.outputs import check_writable
 from iiet.plotting import distinct_colors, pyplot, save_figure
+from iiet.train.checkpoint import STATE_FILE, list_checkpoints
 from iiet.train.metrics import CROSS_ENTROPY, METRICS_FILE, read_metrics
+from iiet.train.trainer import FINAL_DIR
 
 FEW_POINTS = 30  # curves with fewer points get markers: a lone point is invisible as a line
 SECONDS_PER = {"s": 1.0, "min": 60.0, "h": 3600.0}
@@ -92,10 +95,6 @@ def run_labels(metrics_files: list[Path]) -> list[str]:
 
 def _model_label(run_dir: Path) -> str | None:
     """The paper's name of the model a run directory trained (its final/ export, else its newest checkpoint)."""
-    from iiet.models.names import label_of
-    from iiet.train.checkpoint import STATE_FILE, list_checkpoints
-    from iiet.train.trainer import FINAL_DIR
-
     config_file, checkpoints = run_dir / FINAL_DIR / "config.json", list_checkpoints(run_dir)
     try:
         if config_file.is_file():
