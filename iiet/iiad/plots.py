@@ -12,7 +12,6 @@ from iiet.models.names import label_of
 from iiet.plotting import distinct_colors, pyplot, save_figure
 
 CELL_INCHES = 0.55  # heatmap cell width: room for a two-decimal annotation
-DPI = 130  # the heatmap's annotations stay legible
 DARK_TEXT_FRACTION = 0.6  # cells darker than this fraction of the colour range get white text
 FIGURE_DPI = 130  # a little sharper than the default: the heatmap's annotations are small
 
