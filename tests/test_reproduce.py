@@ -52,6 +52,22 @@ def test_unknown_arm_is_a_clear_error(tmp_path):
         reproduce(output_dir=str(tmp_path), arms=["resnet"])
 
 
+def test_arms_are_named_models_with_the_papers_labels(tmp_path):
+    from iiet.study.reproduce import train_config
+    from iiet.study.study import Study, arm_label
+
+    config = StudyConfig(output_dir=str(tmp_path), arms=["pcformer-fl", "iiet-r2", "trans-ws"], history="normalized",
+                         explicit_first_layer=True)
+    config.validate()
+    study = Study(config)
+    schemes = {arm: train_config(study, arm, 0).model.scheme for arm in config.arms}
+    assert schemes["pcformer-fl"]["order_plan"] == [0, 2, 2, 2] and schemes["pcformer-fl"]["history"] == "normalized"
+    assert schemes["iiet-r2"]["iteration_plan"] == [0, 2, 2, 2]  # explicit_first_layer: the IIET arms
+    assert "history" not in schemes["trans-ws"]
+    assert [arm_label(a) for a in ("iiet-r2", "pcformer-fl", "lower-bound", "distil-pcformer")] == [
+        "IIET (r=2)", "PCformer, explicit first layer", "Lower Bound (IIAD)", "Distil PCformer"]
+
+
 def test_compute_matched_arms_results_json_and_held_out_corpora(tmp_path):
     """Transformer++ at IIET r=3's training FLOPs trains on proportionally more tokens; the deep one has its
     inference FLOPs; results.json records every run's costs; held-out corpora are scored per document."""
