@@ -52,7 +52,8 @@ DRAFT_NAMES = "a list of corrections per layer, 'r0,r1,...', 'lower-bound', 'e-i
 
 @dataclass(frozen=True)
 class DraftPlan:
-    """What the draft runs: corrections per layer and, optionally, an adaptive tolerance (docs/adaptive.md)."""
+    """What the draft runs: its per-layer plan (IIET corrections, PCformer predictor orders) and, optionally, an
+    adaptive tolerance (docs/adaptive.md)."""
 
     iteration_plan: tuple[int, ...]
     adaptive_tolerance: float | None = None
@@ -269,8 +270,8 @@ class SpeculativeDecoder:
     the same batch size, as the benchmark does.
 
     Args:
-        model: an ``IIETForCausalLM`` (iiet scheme) in eval mode; it is the verifier and, with the draft's plan,
-            the draft.
+        model: an ``IIETForCausalLM`` whose scheme takes a plan (iiet, pcformer), in eval mode; it is the verifier
+            and, with the draft's plan, the draft.
         draft: the draft plan (see ``resolve_draft``).
         num_draft_tokens: tokens ``k`` the draft proposes per round.
         batch_size: rows.
