@@ -27,7 +27,7 @@ COMMANDS: dict[str, str] = {
     "distill": "iiet.iiad.commands:distill",
     "train": "iiet.train.commands:train",
     "plot": "iiet.train.commands:plot",
-    "demo": "iiet.train.commands:demo",
+    "demo": "iiet.study.demo:demo",
     "tokenizer-train": "iiet.data.commands:tokenizer_train",
     "data-prepare": "iiet.data.commands:data_prepare",
     "eval": "iiet.eval.commands:eval_command",
@@ -48,7 +48,7 @@ SUMMARIES: dict[str, str] = {
                "teacher.",
     "train": "Pretrain a model from scratch (or resume a run): AdamW, warm-up + cosine, checkpoints, HF export.",
     "plot": "Draw the training and validation loss of several runs side by side, from their metrics.jsonl.",
-    "demo": "Offline demo: tokenizer + data from the Python standard library, then Transformer++ vs IIET on the CPU.",
+    "demo": "Offline demo of the whole method: train, IIAD, evaluate and benchmark in about ``--minutes``, one table.",
     "tokenizer-train": "Train a byte-level BPE tokenizer (special tokens <s>, </s>, <pad>, <unk>) and save it for "
                        "AutoTokenizer.",
     "data-prepare": "Tokenize sources once into packed shards (seq_len tokens per row) indexed by meta.json.",

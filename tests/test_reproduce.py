@@ -68,6 +68,16 @@ def test_arms_are_named_models_with_the_papers_labels(tmp_path):
         "IIET (r=2)", "PCformer, explicit first layer", "Lower Bound (IIAD)", "Distil PCformer"]
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"students": ["lower-bnd"]}, "unknown student"),
+    ({"arms": ["transformer++"], "arm_tokens": {"iiet-r3": 1000}}, "not among the arms"),
+])
+def test_bad_study_settings_are_clear_errors_before_any_work(tmp_path, settings, message):
+    with pytest.raises(IIETError, match=message):
+        run_study(StudyConfig(output_dir=str(tmp_path / "study"), **settings))
+    assert not (tmp_path / "study").exists()
+
+
 def test_compute_matched_arms_results_json_and_held_out_corpora(tmp_path):
     """Transformer++ at IIET r=3's training FLOPs trains on proportionally more tokens; the deep one has its
     inference FLOPs; results.json records every run's costs; held-out corpora are scored per document."""

@@ -380,14 +380,3 @@ def test_cli_help_lists_every_section(capsys):
     for option in ("--model.scheme", "--data.path", "--optim.batch_tokens", "--run.parallel", "--run.resume"):
         assert option in text
 
-
-@pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    from iiet.train.commands import demo
-
-    demo(output_dir=str(tmp_path / "demo"), minutes=0.1, preset="tiny", vocab_size=512, seq_len=64)
-    out = capsys.readouterr().out
-    assert "| transformer++ |" in out and "| iiet |" in out
-    assert (tmp_path / "demo" / "loss_curves.png").is_file()
-    assert (tmp_path / "demo" / "iiet" / "final" / "model.safetensors").is_file()
-    shutil.rmtree(tmp_path / "demo")

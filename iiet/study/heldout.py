@@ -19,6 +19,7 @@ from typing import Iterable
 
 import torch
 
+from iiet.data.packed import PackedDataset
 from iiet.data.sources import iter_documents
 from iiet.models.loading import load_model, load_tokenizer
 
@@ -27,22 +28,30 @@ from iiet.models.loading import load_model, load_tokenizer
 MIN_DOCUMENT_TOKENS = 32
 
 
-def _score_ids(model, ids: torch.Tensor, seq_len: int, device: str, batch_size: int) -> tuple[float, int, int]:
-    """Summed NLL (nats), scored-token count and the index past the last scored token, over whole windows."""
+def _score_ids(model, ids: torch.Tensor, seq_len: int, device: str, batch_size: int) -> tuple[float, int, int, float]:
+    """Summed NLL (nats), scored-token count, the index past the last scored token, over whole windows, and the
+    block evaluations per scored token the model ran (with adaptive corrections, the ones its tokens took)."""
     windows = (len(ids) - 1) // seq_len
     if windows == 0:  # shorter than one window: score what there is as one window
         seq_len, windows = len(ids) - 1, 1 if len(ids) > 1 else 0
     if windows == 0:
-        return 0.0, 0, 0
+        return 0.0, 0, 0, float(model.config.num_block_evaluations)
     usable = windows * seq_len
     inputs = ids[:usable].view(windows, seq_len)
     targets = ids[1 : usable + 1].view(windows, seq_len)
-    nll = 0.0
+    nll, corrections = 0.0, None
     with torch.no_grad():
         for x, y in zip(inputs.split(batch_size), targets.split(batch_size)):
-            logits = model(x.to(device), use_cache=False).logits.float()
+            out = model(x.to(device), use_cache=False)
+            logits = out.logits.float()
             nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten().to(device), reduction="sum").item()
-    return nll, targets.numel(), usable + 1
+            if getattr(out, "corrections", None) is not None:  # (L, B, T) corrections taken: adaptive only
+                corrections = (corrections or 0.0) + out.corrections.sum().item()
+    count = targets.numel()
+    # Teacher-forced adaptive decisions are those of decoding (docs/adaptive.md): this is what generation runs.
+    evaluations = (model.config.num_block_evaluations if corrections is None
+                   else model.config.num_hidden_layers + corrections / count)
+    return nll, count, usable + 1, evaluations
 
 
 def _load(model_dir: str | Path, device: str):
@@ -51,9 +60,9 @@ def _load(model_dir: str | Path, device: str):
 
 def _score_tokens(model, tokenizer, ids: list[int], seq_len: int, device: str, batch_size: int) -> dict[str, float]:
     ids = torch.tensor(ids, dtype=torch.long)
-    nll, count, end = _score_ids(model, ids, seq_len, device, batch_size)
+    nll, count, end, evaluations = _score_ids(model, ids, seq_len, device, batch_size)
     scored_bytes = len(tokenizer.decode(ids[1:end]).encode("utf-8")) if count else 0
-    return {"tokens": count, "nll": nll, "bytes": scored_bytes}
+    return {"tokens": count, "nll": nll, "bytes": scored_bytes, "block_evaluations": evaluations}
 
 
 def _summary(nll: float, tokens: int, scored_bytes: int) -> dict[str, float]:
@@ -118,3 +127,22 @@ def document_bits_per_byte(
         "q3": quartiles[2],
         "per_document": per_document,
     }
+
+
+def held_out_ids(data_dir: str | Path, max_tokens: int) -> list[int]:
+    """The first ``max_tokens`` tokens of a prepared data folder's own held-out (``val``) split, as one stream."""
+    val = PackedDataset(data_dir, "val")
+    count = min(len(val), math.ceil(max_tokens / val.seq_len))
+    return torch.cat([val[i] for i in range(count)])[:max_tokens].tolist() if count else []
+
+
+def held_out_split(model_dir: str | Path, data_dir: str | Path, max_tokens: int, seq_len: int, device: str = "cpu",
+                   batch_size: int = 16) -> dict[str, float]:
+    """Loss, token perplexity, bits per byte and block evaluations per token on the first ``max_tokens`` tokens of the
+    training data's held-out split (whole documents the model never trained on, same domain)."""
+    model, tokenizer = _load(model_dir, device)
+    score = _score_tokens(model, tokenizer, held_out_ids(data_dir, max_tokens), seq_len, device, batch_size)
+    if not score["tokens"]:
+        raise ValueError(f"the held-out split of {data_dir} has no tokens to score")
+    return {**_summary(score["nll"], score["tokens"], score["bytes"]), "loss": score["nll"] / score["tokens"],
+            "block_evaluations": score["block_evaluations"]}

@@ -165,7 +165,9 @@ def write_report(study: Study) -> Path:
         "",
         f"Machine: {json.dumps(machine())}",
         "",
-        f"Preset **{s.preset}**, {s.train_tokens:,} pretraining tokens per model (sequence length {s.seq_len}, "
+        f"Preset **{s.preset}**, {s.train_tokens:,} pretraining tokens per model"
+        + (f" ({', '.join(f'{_label(a)} {n:,}' for a, n in s.arm_tokens.items())})" if s.arm_tokens else "")
+        + f" (sequence length {s.seq_len}, "
         f"{s.batch_tokens:,} tokens per step, lr {s.lr}), history reading `{s.history}`"
         + (f", model overrides `{s.model_overrides}`" if s.model_overrides else "")
         + (", IIET arms with an explicit first layer (plan `[0, r, ..., r]`)" if s.explicit_first_layer else "")

@@ -23,6 +23,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from iiet.bench.commands import render, run_benchmark
 from iiet.eval.harness import evaluate
@@ -34,15 +35,17 @@ from iiet.models.loading import resolve_device
 from iiet.models.names import resolve
 from iiet.models.presets import PRESETS
 from iiet.study.compute import matched_depth, matched_tokens
-from iiet.study.heldout import document_bits_per_byte, text_perplexity
+from iiet.study.heldout import document_bits_per_byte, held_out_split, text_perplexity
 from iiet.study.report import write_report
-from iiet.study.study import (COMPUTE_MATCHED, COMPUTE_REFERENCE, DISTIL_PCFORMER, MULTI_SEED_ARMS, PLAN_RULES, Study,
+from iiet.study.study import (ADAPTIVE_RUN, COMPUTE_MATCHED, COMPUTE_REFERENCE, DISTIL_PCFORMER, MULTI_SEED_ARMS,
+                              PLAN_RULES, Study,
                               StudyConfig)
 from iiet.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from iiet.train.metrics import read_metrics
 from iiet.train.trainer import build_model_config, run_training
 
-BENCH_RUNS = ("transformer++-s0", "pcformer-s0", "iiet-r3-s0", "e-iiet", "lower-bound")
+BENCH_RUNS = ("transformer++-s0", "dlcl-s0", "pcformer-s0", "iiet-r3-s0", ADAPTIVE_RUN, "e-iiet", "lower-bound")
+TEACHER_RUN = "iiet-r3-s0"  # IIAD's teacher, and the weights decoded self-speculatively
 
 
 def _done(path: Path) -> bool:
@@ -60,13 +63,13 @@ def reproduce(**settings) -> Path:
     return path
 
 
-def run_study(config: StudyConfig, command: str | None = None) -> Path:
+def run_study(config: StudyConfig, command: str | None = None, observer=None) -> Path:
     """Run every step of the study in ``config.output_dir`` that is not done yet; return the path of results.md.
 
     ``command`` is recorded in the report (the CLI passes its command line).
     """
     config.validate()
-    study = Study(config, command)
+    study = Study(config, command, observer)
     # Seed 0 of every arm first, then IIAD and the benchmark, then the extra seeds: a study cut short still has
     # one complete pass through every step (and the report is rewritten after each phase).
     trained = study.timed("pretrain", _pretrain, study, 1)
@@ -104,7 +107,7 @@ def train_config(study: Study, arm: str, seed: int) -> TrainConfig:
         scheme = dataclasses.replace(scheme, history=c.history)
     if c.explicit_first_layer and scheme.corrections(num_layers) is not None:
         scheme = scheme.explicit_first_layer(num_layers)  # the IIET arms (PCformer's variant is the pcformer-fl arm)
-    steps = max(1, c.train_tokens // c.batch_tokens)
+    steps = max(1, c.tokens_of(arm) // c.batch_tokens)
     return TrainConfig(
         model=ModelConfig(preset=c.preset, scheme=scheme.to_dict(), overrides=dict(c.model_overrides)),
         data=DataConfig(path=str(study.data_dir), sources=list(c.sources), tokenizer=c.tokenizer,
@@ -112,7 +115,8 @@ def train_config(study: Study, arm: str, seed: int) -> TrainConfig:
         optim=OptimConfig(lr=c.lr, warmup_ratio=c.warmup_ratio, batch_tokens=c.batch_tokens,
                           micro_batch_size=c.micro_batch_size, max_steps=steps),
         run=RunConfig(output_dir=str(study.run_dir(f"{arm}-s{seed}")), seed=seed, device=c.device,
-                      max_minutes=c.max_minutes_per_run, progress_bar=False, **_cadence(steps, 10, 5, 50)),
+                      eval_batches=c.eval_batches, max_minutes=c.max_minutes_per_run, progress_bar=False,
+                      **_cadence(steps, c.evals_per_run, 5, 50)),
     )
 
 
@@ -128,7 +132,7 @@ def _compute_matched_config(study: Study, arm: str, seed: int) -> TrainConfig:
         euler = build_model_config(base.model.preset, base.model.scheme, meta["vocab_size"], dict(base.model.overrides), meta)
         steps = max(1, matched_tokens(ref_config, euler, c.train_tokens, c.seq_len) // c.batch_tokens)
         base.optim.max_steps = steps
-        for key, value in _cadence(steps, 10, 5, 50).items():
+        for key, value in _cadence(steps, c.evals_per_run, 5, 50).items():
             setattr(base.run, key, value)
     else:
         layers = matched_depth(ref_config, c.preset, c.seq_len, meta["vocab_size"])
@@ -165,10 +169,12 @@ def _evaluate(study: Study, trained: dict[str, list[Path]]) -> None:
 def _evaluate_one(study: Study, key: str, final: Path) -> None:
     entry = study.state.setdefault("eval", {}).setdefault(key, {})
     c = study.config
-    if "val" not in entry:
+    if "val" not in entry and (final.parent / "metrics.jsonl").is_file():  # derived without training: no curves
         records = [r for r in read_metrics(final.parent) if "val_loss" in r]
         entry["val"] = {"loss": records[-1]["val_loss"], "perplexity": math.exp(records[-1]["val_loss"]),
                         "tokens": records[-1].get("tokens")} if records else None
+    if c.held_out_tokens and "held_out" not in entry:
+        entry["held_out"] = held_out_split(final, study.data_dir, c.held_out_tokens, c.seq_len, _device_name(c.device))
     for text in c.eval_texts:
         if text not in entry.setdefault("texts", {}):
             entry["texts"][text] = text_perplexity(final, text, c.seq_len, _device_name(c.device))
@@ -203,7 +209,8 @@ def _influence(study: Study, trained: dict[str, list[Path]]) -> Path:
 def distill_config(study: Study, name: str, teacher: Path, plan: Path | None, student_scheme: str | None):
     """The distillation run ``name``: ``distill_fraction`` of the pretraining tokens at 2/3 of its learning rate."""
     c = study.config
-    steps = max(1, int(c.train_tokens * c.distill_fraction) // c.batch_tokens)
+    teacher_arm = teacher.parent.name.rsplit("-s", 1)[0]
+    steps = max(1, int(c.tokens_of(teacher_arm) * c.distill_fraction) // c.batch_tokens)
     return DistillTrainConfig(
         distill=DistillConfig(teacher=str(teacher), plan=None if plan is None else str(plan),
                               student_scheme=student_scheme),
@@ -211,20 +218,21 @@ def distill_config(study: Study, name: str, teacher: Path, plan: Path | None, st
         optim=OptimConfig(lr=c.lr * 2 / 3, warmup_ratio=c.warmup_ratio, batch_tokens=c.batch_tokens,
                           micro_batch_size=c.micro_batch_size, max_steps=steps),
         run=RunConfig(output_dir=str(study.run_dir(name)), device=c.device, max_minutes=c.max_minutes_per_run,
-                      progress_bar=False, **_cadence(steps, 5, 2, 20)),
+                      eval_batches=c.eval_batches, progress_bar=False,
+                      **_cadence(steps, max(1, c.evals_per_run // 2), 2, 20)),
     )
 
 
 def _iiad(study: Study, trained: dict[str, list[Path]]) -> None:
     """Influence of IIET r=3 -> E-IIET and Lower Bound plans -> distillation; and Distil PCformer."""
-    influence_file = _influence(study, trained)
+    influence_file = study.timed("iiad/influence", _influence, study, trained)
     plans = {}
     for rule in PLAN_RULES:
         plans[rule] = study.root / "iiad" / f"plan-{rule}.json"
         if not plans[rule].is_file():
             make_plan(Influence.load(influence_file), rule, influence_file=str(influence_file)).save(plans[rule])
     teacher = trained["iiet-r3"][0]
-    students = {rule: (teacher, plans[rule], None) for rule in PLAN_RULES}
+    students = {rule: (teacher, plans[rule], None) for rule in study.config.students}
     if "pcformer" in trained:
         students[DISTIL_PCFORMER] = (trained["pcformer"][0], None, resolve("transformer++", 1).scheme)
     for name, (teacher_dir, plan_file, student_scheme) in students.items():
@@ -233,7 +241,20 @@ def _iiad(study: Study, trained: dict[str, list[Path]]) -> None:
             print(f"[reproduce] distill {name} -> {final.parent}", flush=True)
             study.timed(f"distill/{name}", distill, distill_config(study, name, teacher_dir, plan_file, student_scheme))
         if _done(final):
-            _evaluate_one(study, name, final)
+            study.timed(f"evaluate/{name}", _evaluate_one, study, name, final)
+    if study.config.adaptive_tolerance is not None:
+        final = study.run_dir(ADAPTIVE_RUN) / "final"
+        if not _done(final):
+            _export_adaptive(teacher, final, study.config.adaptive_tolerance)
+        study.timed(f"evaluate/{ADAPTIVE_RUN}", _evaluate_one, study, ADAPTIVE_RUN, final)
+
+
+def _export_adaptive(teacher: Path, out: Path, tolerance: float) -> None:
+    """The same weights as ``teacher`` with adaptive corrections in the config: a checkpoint every tool can load."""
+    scheme = json.loads((teacher / "config.json").read_text())["scheme"]
+    model = AutoModelForCausalLM.from_pretrained(teacher, scheme={**scheme, "adaptive_tolerance": tolerance})
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(teacher).save_pretrained(out)
 
 
 def _bench(study: Study) -> None:
@@ -241,8 +262,12 @@ def _bench(study: Study) -> None:
     if out.is_file():
         return
     finals = [str(study.run_dir(name) / "final") for name in BENCH_RUNS if _done(study.run_dir(name) / "final")]
+    teacher = study.run_dir(TEACHER_RUN) / "final"
+    if study.config.draft and _done(teacher):  # the same weights, decoded by exact self-speculative decoding
+        finals.append(f"{teacher}+draft={study.config.draft}")
     device = _device_name(study.config.device)
-    result = run_benchmark(finals, preset=study.config.preset, batch_sizes=None if device == "cuda" else [1, 4],
+    batch_sizes = study.config.bench_batch_sizes or (None if device == "cuda" else [1, 4])
+    result = run_benchmark(finals, preset=study.config.preset, batch_sizes=batch_sizes,
                            prompt_len=32, new_tokens=16, repeats=3, device=device, compile=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / "bench.md").write_text(render(result))

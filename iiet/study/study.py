@@ -26,6 +26,7 @@ from iiet.outputs import check_writable
 # The default arms: names of the table of named models (``iiet.models.names``), which gives their schemes and labels.
 ARMS = ("transformer++", "dlcl", "pcformer", "trans-ws", "iiet-r1", "iiet-r2", "iiet-r3")
 PLAN_RULES = ("e-iiet", "lower-bound")  # IIAD plans of IIET r=3, each distilled into a student of that name
+ADAPTIVE_RUN = "iiet-r3-adaptive"  # IIET r=3 (seed 0) with adaptive corrections: the same weights
 DISTIL_PCFORMER = "distil-pcformer"  # the Transformer++ distilled from the PCformer arm
 MULTI_SEED_ARMS = ("transformer++", "iiet-r3", "transformer++-flops")
 # Transformer++ at the compute of COMPUTE_REFERENCE (StudyConfig.compute_matched; iiet.study.compute).
@@ -65,6 +66,8 @@ class StudyConfig:
         tokenizer_vocab_size: vocabulary of the trained tokenizer.
         seq_len: training sequence length.
         train_tokens: pretraining tokens per model (every arm sees the same tokens in the same order).
+        arm_tokens: pretraining tokens of particular arms instead of ``train_tokens``, e.g. an equal-time
+            comparison (``{transformer++: 400000, iiet-r3: 150000}``); distillation counts from its teacher's.
         batch_tokens: tokens per optimizer step.
         micro_batch_size: sequences per forward/backward.
         lr: peak learning rate (cosine schedule, AdamW, weight decay 0.01, clipping 1.0 as Appendix B.1).
@@ -87,12 +90,23 @@ class StudyConfig:
             documents), as sources ``iiet data-prepare`` takes: ``builtin`` (Python source: another domain), a
             file, directory or glob; never the training corpus.
         eval_documents: documents scored per held-out corpus (the first ones, each cut to 2048 tokens).
+        held_out_tokens: also score the first this-many tokens of the data's own held-out split (perplexity, bits
+            per byte, and the block evaluations per token actually run); 0 skips.
+        eval_batches: micro-batches of the held-out split per validation during training (null = all of it).
+        evals_per_run: validations during each pretraining run (the points of the validation loss curves).
         eval_data_dir: directory of the zero-shot benchmark files (see docs/evaluation.md); none skips zero-shot.
         eval_tasks: zero-shot tasks to run through lm-eval.
         eval_limit: documents per zero-shot task (null = all).
         influence_segments: segments for the iteration influence of IIET r=3.
-        distill_fraction: distillation tokens as a fraction of ``train_tokens`` (the paper: one third).
+        distill_fraction: distillation tokens as a fraction of the teacher's pretraining tokens (the paper: 1/3).
+        students: IIAD plans to distil IIET r=3 into, from e-iiet and lower-bound (Distil PCformer comes with the
+            pcformer arm).
+        adaptive_tolerance: also evaluate and benchmark IIET r=3 with adaptive corrections at this tolerance
+            (docs/adaptive.md; the same weights, no training); null skips.
+        draft: also benchmark IIET r=3 decoded by exact self-speculative decoding with this draft, as after
+            ``+draft=`` in an ``iiet bench`` spec (e.g. ``lower-bound:k=4``); null skips.
         bench: run the inference benchmark over the trained models.
+        bench_batch_sizes: decode batch sizes of the benchmark (default: 1 and 4 on CPU, 1, 8 and 32 on GPU).
         device: auto, cpu or cuda.
         max_minutes_per_run: stop each training run after this many minutes (checkpointed; rerun to continue).
         tier: label written into the report ("pipeline" = smoke run, "evidence" = a run meant as evidence).
@@ -106,6 +120,7 @@ class StudyConfig:
     tokenizer_vocab_size: int = 2048
     seq_len: int = 128
     train_tokens: int = 200_000
+    arm_tokens: dict[str, int] = field(default_factory=dict)
     batch_tokens: int = 4096
     micro_batch_size: int = 8
     lr: float = 1e-3
@@ -119,12 +134,19 @@ class StudyConfig:
     eval_texts: list[str] = field(default_factory=list)
     eval_corpora: list[str] = field(default_factory=list)
     eval_documents: int = 200
+    held_out_tokens: int = 0
+    eval_batches: int | None = 50
+    evals_per_run: int = 10
     eval_data_dir: str | None = None
     eval_tasks: list[str] = field(default_factory=lambda: list(ZERO_SHOT_TASKS))
     eval_limit: int | None = 100
     influence_segments: int = 500
     distill_fraction: float = 1 / 3
+    students: list[str] = field(default_factory=lambda: list(PLAN_RULES))
+    adaptive_tolerance: float | None = None
+    draft: str | None = None
     bench: bool = True
+    bench_batch_sizes: list[int] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_minutes_per_run: float | None = None
     tier: str = "pipeline"
@@ -138,7 +160,17 @@ class StudyConfig:
                 resolve(arm, PRESETS[self.preset]["num_hidden_layers"])
             except IIETError as error:
                 raise IIETError(f"unknown arm {arm!r}: {error}") from None
+        unknown = sorted(set(self.students) - set(PLAN_RULES))
+        if unknown:
+            raise IIETError(f"unknown student(s) {unknown}; choose from {list(PLAN_RULES)}.")
+        unknown = sorted(set(self.arm_tokens) - set(self.arms))
+        if unknown:
+            raise IIETError(f"arm_tokens names {unknown}, which are not among the arms {self.arms}.")
         check_writable(self.output_dir, "--output_dir")  # before hours of data preparation and training
+
+    def tokens_of(self, arm: str) -> int:
+        """Pretraining tokens of ``arm``."""
+        return int(self.arm_tokens.get(arm, self.train_tokens))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,8 +179,10 @@ class StudyConfig:
 class Study:
     """One study directory: the steps share its config, paths and state (``study.json``)."""
 
-    def __init__(self, config: StudyConfig, command: str | None = None):
+    def __init__(self, config: StudyConfig, command: str | None = None, observer: Any = None):
         self.config = config
+        # ``observer.start(key)`` / ``observer.finish(key)`` around every timed step (the demo's progress lines).
+        self.observer = observer
         self.root = Path(config.output_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_file = self.root / "study.json"
@@ -167,7 +201,11 @@ class Study:
     def timed(self, key: str, fn, *args, **kwargs):
         """Run ``fn`` and add its wall time to ``wall_s[key]`` (a resumed step adds to what it took before)."""
         start = time.time()
+        if self.observer is not None:
+            self.observer.start(key)
         out = fn(*args, **kwargs)
+        if self.observer is not None:
+            self.observer.finish(key)
         self.state["wall_s"][key] = self.state["wall_s"].get(key, 0.0) + time.time() - start
         self.save()
         return out
