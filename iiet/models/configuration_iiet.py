@@ -32,6 +32,7 @@ from transformers import LlamaConfig
 
 from .correctors import CorrectorConfig, parse_corrector
 from .errors import IIETError, SchemeConfigError
+from .registry import parse_named
 
 HISTORY_READINGS = ("residual", "normalized")
 
@@ -321,22 +322,7 @@ def parse_scheme(value: str | dict[str, Any] | SchemeConfig | None) -> SchemeCon
         return EulerScheme()
     if isinstance(value, SchemeConfig):
         return value
-    if isinstance(value, str):
-        value = {"name": value}
-    if not isinstance(value, dict):
-        raise SchemeConfigError(f"scheme must be a name or a dict with a 'name' key, got {value!r}.")
-    params = dict(value)
-    name = params.pop("name", None)
-    if name not in SCHEMES:
-        raise SchemeConfigError(f"unknown scheme {name!r}; choose one of {sorted(SCHEMES)}.")
-    cls = SCHEMES[name]
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise SchemeConfigError(
-            f"scheme {name!r} has no parameter(s) {unknown}; its parameters are {sorted(known)}."
-        )
-    return cls(**params)
+    return parse_named(value, SCHEMES, "scheme")
 
 
 class IIETConfig(LlamaConfig):

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SchemeConfigError
+from .registry import parse_named
 
 
 @dataclass(frozen=True)
@@ -209,19 +210,6 @@ def parse_corrector(value: str | dict[str, Any] | CorrectorConfig | None) -> Cor
     if isinstance(value, CorrectorConfig):
         value.validate()
         return value
-    if isinstance(value, str):
-        value = {"name": value}
-    if not isinstance(value, dict):
-        raise SchemeConfigError(f"corrector must be a name or a dict with a 'name' key, got {value!r}.")
-    params = dict(value)
-    name = params.pop("name", None)
-    if name not in CORRECTORS:
-        raise SchemeConfigError(f"unknown corrector {name!r}; choose one of {sorted(CORRECTORS)}.")
-    cls = CORRECTORS[name]
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise SchemeConfigError(f"corrector {name!r} has no parameter(s) {unknown}; its parameters are {sorted(known)}.")
-    corrector = cls(**params)
+    corrector = parse_named(value, CORRECTORS, "corrector")
     corrector.validate()
     return corrector
