@@ -12,6 +12,7 @@ the function's docstring; a test keeps the two equal) in ``SUMMARIES``.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from importlib import metadata
 
@@ -91,7 +92,16 @@ def unknown_command(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _run(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (``iiet bench --help | head``): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+
+
+def _run(argv: list[str]) -> None:
     if not argv or argv[0] in HELP_FLAGS:
         print(usage())
         return

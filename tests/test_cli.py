@@ -74,3 +74,12 @@ def test_reproduce_command_runs_a_tiny_study_and_a_rerun_skips_it(corpus_file, t
     assert (tmp_path / "study" / "runs" / "transformer++-s0" / "final" / "config.json").is_file()
     main(args)
     assert "[reproduce] pretrain" not in capsys.readouterr().out  # the finished run is not trained again
+
+
+def test_a_closed_pipe_ends_quietly():
+    """``iiet --help | head``: the reader goes away before the help is written; no traceback."""
+    process = subprocess.Popen([sys.executable, "-c", "import iiet_cli; iiet_cli.main(['--help'])"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=60)
+    assert b"Traceback" not in stderr and b"BrokenPipeError" not in stderr
