@@ -129,8 +129,10 @@ def _compute_matched_config(study: Study, arm: str, seed: int) -> TrainConfig:
     ref_config = build_model_config(reference.model.preset, reference.model.scheme, meta["vocab_size"],
                                     dict(reference.model.overrides), meta)
     if arm == "transformer++-flops":
-        euler = build_model_config(base.model.preset, base.model.scheme, meta["vocab_size"], dict(base.model.overrides), meta)
-        steps = max(1, matched_tokens(ref_config, euler, c.train_tokens, c.seq_len) // c.batch_tokens)
+        euler = build_model_config(base.model.preset, base.model.scheme, meta["vocab_size"],
+                                   dict(base.model.overrides), meta)
+        tokens = matched_tokens(ref_config, euler, c.tokens_of(COMPUTE_REFERENCE), c.seq_len)
+        steps = max(1, tokens // c.batch_tokens)
         base.optim.max_steps = steps
         for key, value in _cadence(steps, c.evals_per_run, 5, 50).items():
             setattr(base.run, key, value)
