@@ -270,7 +270,7 @@ def figure(study: Study, table: list[dict[str, Any]], unigram: float, path: Path
                 loss_axis.plot(*zip(*val), color=color, marker="o", markersize=3, label=r["model"])
     loss_axis.axhline(unigram, color="gray", linestyle=":", label="unigram plateau")
     speed_axis.set_xlabel("decode tokens/s, batch 1 (faster →)")
-    speed_axis.set_ylabel("held-out bits per byte (← better)")
+    speed_axis.set_ylabel("held-out bits per byte (lower is better)")
     speed_axis.set_title("quality vs decode speed")
     speed_axis.margins(x=0.15, y=0.15)
     speed_axis.legend(fontsize=7, loc="upper left")
