@@ -113,3 +113,64 @@ def test_compute_matched_arms_results_json_and_held_out_corpora(tmp_path):
     assert "Equal compute" in report and "at equal training FLOPs" in report
     scores = json.loads((tmp_path / "study" / "study.json").read_text())["eval"]["iiet-r3-s0"]["corpora"]
     assert scores[str(other_domain)]["documents"] == 3
+
+
+def _small_study(tmp_path, name: str, **settings) -> StudyConfig:
+    corpus = tmp_path / "corpus.jsonl"
+    if not corpus.is_file():
+        corpus.write_text("".join(json.dumps({"text": f"Document {i}. " + TEXT}) + "\n" for i in range(300)))
+    values = dict(output_dir=str(tmp_path / name), preset="tiny", sources=[str(corpus)], tokenizer_vocab_size=300,
+                  seq_len=32, train_tokens=1024, batch_tokens=256, micro_batch_size=8, seeds=1, bench=False,
+                  device="cpu", explicit_first_layer=True)
+    return StudyConfig(**{**values, **settings})
+
+
+def _curves(study_dir) -> dict[str, list[float]]:
+    rows = json.loads((study_dir / "results.json").read_text())["runs"]
+    return {row["run"]: [point["val_loss"] for point in row["val_curve"]] for row in rows}
+
+
+@pytest.mark.slow
+def test_parallel_workers_train_the_same_runs_as_one_process(tmp_path):
+    """``workers=2`` trains the runs in two processes (one thread each here) to the same models as one process."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        arms = ["transformer++", "iiet-r1", "dlcl"]
+        run_study(_small_study(tmp_path, "one", arms=arms))
+        run_study(_small_study(tmp_path, "two", arms=arms, workers=2))
+    finally:
+        torch.set_num_threads(threads)
+    one, two = _curves(tmp_path / "one"), _curves(tmp_path / "two")
+    assert set(one) == set(two) == {"transformer++-s0", "iiet-r1-s0", "dlcl-s0"}
+    for run in one:
+        assert len(one[run]) == len(two[run]) > 1
+        assert one[run] == pytest.approx(two[run], rel=1e-4), run  # thread counts differ: summation order only
+    state = json.loads((tmp_path / "two" / "study.json").read_text())
+    assert {"pretrain/transformer++-s0", "pretrain/iiet-r1-s0", "pretrain/dlcl-s0"} <= set(state["wall_s"])
+
+
+def test_report_only_evaluates_the_finished_runs_and_trains_nothing(tmp_path):
+    run_study(_small_study(tmp_path, "study", arms=["transformer++"], train_tokens=512))
+    report = run_study(_small_study(tmp_path, "study", arms=["transformer++", "iiet-r3"], train_tokens=512,
+                                    report_only=True)).read_text()
+    assert not (tmp_path / "study" / "runs" / "iiet-r3-s0").exists()
+    assert set(json.loads((tmp_path / "study" / "study.json").read_text())["eval"]) == {"transformer++-s0"}
+    assert "Transformer++" in report and "has not finished: no equal-compute verdict yet" in report
+
+
+def test_a_failing_parallel_run_stops_the_study_with_its_own_error(tmp_path):
+    from iiet.train.lock import RunLock
+
+    config = _small_study(tmp_path, "study", arms=["transformer++", "iiet-r1"], train_tokens=512, workers=2)
+    busy = tmp_path / "study" / "runs" / "iiet-r1-s0"
+    busy.mkdir(parents=True)
+    lock = RunLock(busy)  # another writer holds this run
+    try:
+        with pytest.raises(IIETError, match="iiet-r1-s0"):
+            run_study(config)
+    finally:
+        lock.release()
+    assert not (busy / "final").exists()

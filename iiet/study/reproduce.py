@@ -19,9 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
 import shlex
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
+import torch
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -31,6 +36,7 @@ from iiet.iiad.distill import DistillConfig, DistillTrainConfig, distill
 from iiet.iiad.influence import Influence
 from iiet.iiad.measure import INFLUENCE_FILE, measure_influence
 from iiet.iiad.plan import make_plan
+from iiet.models.costs import training_flops_per_token
 from iiet.models.loading import resolve_device
 from iiet.models.names import resolve
 from iiet.models.presets import PRESETS
@@ -42,7 +48,7 @@ from iiet.study.study import (ADAPTIVE_RUN, COMPUTE_MATCHED, COMPUTE_REFERENCE, 
                               StudyConfig)
 from iiet.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from iiet.train.metrics import read_metrics
-from iiet.train.trainer import build_model_config, run_training
+from iiet.train.trainer import build_model_config, prepare_run_data, run_training
 
 BENCH_RUNS = ("transformer++-s0", "dlcl-s0", "pcformer-s0", "iiet-r3-s0", ADAPTIVE_RUN, "e-iiet", "lower-bound")
 TEACHER_RUN = "iiet-r3-s0"  # IIAD's teacher, and the weights decoded self-speculatively
@@ -70,6 +76,9 @@ def run_study(config: StudyConfig, command: str | None = None, observer=None) ->
     """
     config.validate()
     study = Study(config, command, observer)
+    if config.report_only:
+        study.timed("evaluate", _evaluate, study, _finished(study, config.seeds))
+        return write_report(study)
     # Seed 0 of every arm first, then IIAD and the benchmark, then the extra seeds: a study cut short still has
     # one complete pass through every step (and the report is rewritten after each phase).
     trained = study.timed("pretrain", _pretrain, study, 1)
@@ -143,23 +152,82 @@ def _compute_matched_config(study: Study, arm: str, seed: int) -> TrainConfig:
     return base
 
 
-def _pretrain(study: Study, seeds: int) -> dict[str, list[Path]]:
-    """Train (or find) seeds ``0 .. seeds-1`` of the multi-seed arms and seed 0 of the others; the
-    compute-matched Transformer++ runs (``compute_matched``) right after the reference arm."""
-    trained: dict[str, list[Path]] = {}
+def _pretraining_runs(study: Study, seeds: int) -> list[tuple[str, int, TrainConfig]]:
+    """Seeds ``0 .. seeds-1`` of the multi-seed arms and seed 0 of the others, in the study's order; the
+    compute-matched Transformer++ runs (``compute_matched``) after the arms."""
     arms = list(study.config.arms)
     if study.config.compute_matched:
         arms += [arm for arm in COMPUTE_MATCHED if arm not in arms]
-    for arm in arms:
-        for seed in range(seeds) if arm in MULTI_SEED_ARMS else range(1):
-            config = train_config(study, arm, seed)
-            final = Path(config.run.output_dir) / "final"
-            if not _done(final):
-                print(f"[reproduce] pretrain {arm} seed {seed} -> {config.run.output_dir}", flush=True)
-                study.timed(f"pretrain/{arm}-s{seed}", run_training, config)
-            if _done(final):
-                trained.setdefault(arm, []).append(final)
+    return [(arm, seed, train_config(study, arm, seed))
+            for arm in arms for seed in (range(seeds) if arm in MULTI_SEED_ARMS else range(1))]
+
+
+def _finished(study: Study, seeds: int) -> dict[str, list[Path]]:
+    trained: dict[str, list[Path]] = {}
+    for arm, _, config in _pretraining_runs(study, seeds):
+        final = Path(config.run.output_dir) / "final"
+        if _done(final):
+            trained.setdefault(arm, []).append(final)
     return trained
+
+
+def _pretrain(study: Study, seeds: int) -> dict[str, list[Path]]:
+    """Train the pretraining runs that are not finished (``workers`` at a time); return the finished ones."""
+    first = train_config(study, study.config.arms[0], 0)
+    if not (Path(first.data.path) / "meta.json").is_file():  # once, before any run (the runs may start at once)
+        print(f"[reproduce] prepare the data -> {first.data.path}", flush=True)
+        study.timed("prepare", prepare_run_data, first.data)
+    pending = [(f"{arm}-s{seed}", config) for arm, seed, config in _pretraining_runs(study, seeds)
+               if not _done(Path(config.run.output_dir) / "final")]
+    if study.config.workers > 1 and len(pending) > 1:
+        _pretrain_parallel(study, pending)
+    else:
+        for name, config in pending:
+            print(f"[reproduce] pretrain {name} -> {config.run.output_dir}", flush=True)
+            study.timed(f"pretrain/{name}", run_training, config)
+    return _finished(study, seeds)
+
+
+def _training_cost(config: TrainConfig, vocab_size: int) -> float:
+    model = build_model_config(config.model.preset, config.model.scheme, vocab_size, dict(config.model.overrides))
+    return training_flops_per_token(model, config.data.seq_len) * config.optim.max_steps
+
+
+def _pretrain_parallel(study: Study, pending: list[tuple[str, TrainConfig]]) -> None:
+    """Train ``pending`` in ``workers`` processes, the costliest first (so the last to start are the short ones),
+    each process with its share of the CPU threads; a failed run stops the study with its own error."""
+    workers = min(study.config.workers, len(pending))
+    threads = max(1, torch.get_num_threads() // workers)
+    vocab_size = json.loads((study.data_dir / "meta.json").read_text())["vocab_size"]
+    pending = sorted(pending, key=lambda item: -_training_cost(item[1], vocab_size))
+    print(f"[reproduce] pretrain {len(pending)} runs, {workers} at a time ({threads} CPU thread(s) each): "
+          + ", ".join(name for name, _ in pending), flush=True)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or CUDA state
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = {pool.submit(_train_in_worker, config, threads): name for name, config in pending}
+        failure = None
+        for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            name, error = futures[future], future.exception()
+            if error is not None:  # the runs under way finish (or checkpoint); the queued ones do not start
+                failure = failure or error
+                for queued in futures:
+                    queued.cancel()
+                continue
+            key = f"pretrain/{name}"
+            study.state["wall_s"][key] = study.state["wall_s"].get(key, 0.0) + future.result()
+            study.save()
+            print(f"[reproduce] pretrained {name}", flush=True)
+    if failure is not None:
+        raise failure
+
+
+def _train_in_worker(config: TrainConfig, threads: int) -> float:
+    torch.set_num_threads(threads)
+    start = time.time()
+    run_training(config)
+    return time.time() - start
 
 
 def _evaluate(study: Study, trained: dict[str, list[Path]]) -> None:

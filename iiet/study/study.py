@@ -109,6 +109,10 @@ class StudyConfig:
         bench_batch_sizes: decode batch sizes of the benchmark (default: 1 and 4 on CPU, 1, 8 and 32 on GPU).
         device: auto, cpu or cuda.
         max_minutes_per_run: stop each training run after this many minutes (checkpointed; rerun to continue).
+        workers: pretraining runs trained at once, each in its own process with ``threads // workers`` CPU threads
+            (on a CPU, one run per core trains the study fastest: a small model does not use many threads well).
+        report_only: evaluate the finished pretraining runs and write the report, training nothing (no
+            pretraining, no distillation, no benchmark): a report of a study in progress.
         tier: label written into the report ("pipeline" = smoke run, "evidence" = a run meant as evidence).
     """
 
@@ -149,12 +153,16 @@ class StudyConfig:
     bench_batch_sizes: list[int] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_minutes_per_run: float | None = None
+    workers: int = 1
+    report_only: bool = False
     tier: str = "pipeline"
 
     def validate(self) -> None:
         """Check what needs no data or model; raise ``IIETError`` naming the field and the fix."""
         if self.preset not in PRESETS:
             raise IIETError(f"unknown preset {self.preset!r}; choose one of {list(PRESETS)}.")
+        if not self.arms:
+            raise IIETError("--arms is empty; name at least one arm, e.g. --arms '[transformer++, iiet-r3]'.")
         for arm in self.arms:
             try:
                 resolve(arm, PRESETS[self.preset]["num_hidden_layers"])
@@ -166,6 +174,8 @@ class StudyConfig:
         unknown = sorted(set(self.arm_tokens) - set(self.arms))
         if unknown:
             raise IIETError(f"arm_tokens names {unknown}, which are not among the arms {self.arms}.")
+        if self.workers < 1:
+            raise IIETError(f"--workers must be at least 1, got {self.workers}.")
         check_writable(self.output_dir, "--output_dir")  # before hours of data preparation and training
 
     def tokens_of(self, arm: str) -> int:

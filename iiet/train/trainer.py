@@ -83,6 +83,15 @@ def build_model_config(
     return build_config(preset, scheme, vocab_size=overrides.pop("vocab_size", vocab_size), **overrides)
 
 
+def prepare_run_data(data: DataConfig) -> None:
+    """Tokenize ``data.sources`` into ``data.path`` (training a tokenizer first when none is given)."""
+    tokenizer = data.tokenizer
+    if tokenizer is None:
+        tokenizer = str(Path(data.path) / "tokenizer")
+        train_tokenizer(data.sources, tokenizer, vocab_size=data.tokenizer_vocab_size)
+    prepare_data(data.sources, tokenizer, data.path, seq_len=data.seq_len, val_fraction=data.val_fraction)
+
+
 class DataOrder:
     """Deterministic order of the training sequences: a fresh seeded permutation every epoch.
 
@@ -198,12 +207,7 @@ class Trainer:
 
     def prepare_data(self) -> None:
         """Tokenize ``data.sources`` into ``data.path`` (training a tokenizer first when none is given)."""
-        data = self.config.data
-        tokenizer = data.tokenizer
-        if tokenizer is None:
-            tokenizer = str(Path(data.path) / "tokenizer")
-            train_tokenizer(data.sources, tokenizer, vocab_size=data.tokenizer_vocab_size)
-        prepare_data(data.sources, tokenizer, data.path, seq_len=data.seq_len, val_fraction=data.val_fraction)
+        prepare_run_data(self.config.data)
 
     def build_model_config(self):
         """The HF config of the network to train: ``model.preset`` with ``model.scheme`` and ``model.overrides``, and
