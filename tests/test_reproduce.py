@@ -161,6 +161,13 @@ def test_report_only_evaluates_the_finished_runs_and_trains_nothing(tmp_path):
     assert "Transformer++" in report and "has not finished: no equal-compute verdict yet" in report
 
 
+def test_the_report_names_the_command_that_regenerates_it():
+    from iiet.study.reproduce import regenerating_arguments
+
+    argv = ["reproduce", "--output_dir", "s", "--report_only", "true", "--workers", "2", "--report_only=false"]
+    assert regenerating_arguments(argv) == ["reproduce", "--output_dir", "s", "--workers", "2"]
+
+
 def test_a_failing_parallel_run_stops_the_study_with_its_own_error(tmp_path):
     from iiet.train.lock import RunLock
 

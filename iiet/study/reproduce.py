@@ -63,10 +63,24 @@ def reproduce(**settings) -> Path:
 
     Every option is a field of ``iiet.study.study.StudyConfig``; ``run_study`` is the same from Python.
     """
-    command = "iiet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "iiet " + " ".join(shlex.quote(a) for a in regenerating_arguments(sys.argv[1:]))
     path = run_study(StudyConfig(**settings), command=command)
     print(f"study report: {path}")
     return path
+
+
+def regenerating_arguments(argv: list[str]) -> list[str]:
+    """The command line that regenerates a report: ``argv`` without ``--report_only`` (the report of a study in
+    progress names the command that finishes it)."""
+    out, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument == "--report_only":
+            skip = True
+        elif not argument.startswith("--report_only="):
+            out.append(argument)
+    return out
 
 
 def run_study(config: StudyConfig, command: str | None = None, observer=None) -> Path:
