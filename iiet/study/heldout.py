@@ -74,7 +74,7 @@ def text_perplexity(
 ) -> dict[str, float]:
     """Token perplexity and bits per byte of a whole text file, in non-overlapping windows of ``seq_len`` tokens."""
     model, tokenizer = _load(model_dir, device)
-    ids = tokenizer(Path(text_file).read_text(encoding="utf-8"))["input_ids"]
+    ids = tokenizer(Path(text_file).read_text(encoding="utf-8"), verbose=False)["input_ids"]
     score = _score_tokens(model, tokenizer, ids, seq_len, device, batch_size)
     return _summary(score["nll"], score["tokens"], score["bytes"])
 
@@ -108,7 +108,7 @@ def document_bits_per_byte(
     for text in documents:
         if len(per_document) >= max_documents:
             break
-        ids = tokenizer(text)["input_ids"][: max_tokens_per_document + 1]
+        ids = tokenizer(text, verbose=False)["input_ids"][: max_tokens_per_document + 1]
         if len(ids) <= MIN_DOCUMENT_TOKENS:
             continue
         score = _score_tokens(model, tokenizer, ids, seq_len, device, batch_size)
