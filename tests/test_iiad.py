@@ -418,17 +418,29 @@ def test_influence_plan_distill_commands(tmp_path, data_dir, teacher_dir, capsys
 
 
 def test_pcformer_with_an_explicit_first_layer_goes_through_iiad_like_iiet():
-    """Influence -> the Lower Bound plan -> a student on the teacher's weights; the correction-ranking rules refuse
-    with the reason (a predictor is not a sequence of corrections)."""
+    """Influence -> the Lower Bound and E-IIET plans -> a student on the teacher's weights. A layer's traced steps
+    are its predictor and its corrector (one explicit step for order 0); the threshold rules keep a layer's predictor
+    where it is influential and make the layer one explicit step where it is not; the budget rule, which counts
+    corrections, refuses with the reason."""
     teacher = tiny_model({"name": "pcformer", "order_plan": [0, 2, 2]})
     measured = compute_influence(teacher, [torch.randint(1, 100, (8,)) for _ in range(2)], progress=False)
     assert measured.row_labels() == ["predictor", "corrector"]
-    assert measured.iteration[0][0] == pytest.approx(0.0, abs=1e-6)  # layer 0 has no predictor
+    assert [len(row) for row in measured.iteration] == [1, 2, 2]  # layer 0 has no predictor: one step
     plan = make_plan(measured, "lower-bound")
     assert plan.iteration_plan == [0, 0, 0] and plan.scheme["order_plan"] == [0, 0, 0]
     assert plan.block_evaluations == {"before": 7, "after": 3}
-    with pytest.raises(IIETError, match="ranks implicit-Euler corrections"):
-        make_plan(measured, "e-iiet")
+    predictors = [row[0] for row in measured.iteration[1:]]
+    for threshold in (0.0, min(predictors), max(predictors) + 1e-9):
+        kept = make_plan(measured, "threshold", threshold=threshold)
+        assert kept.scheme["order_plan"] == [0] + [2 if value >= threshold else 0 for value in predictors]
+        assert kept.corrections["after"] == sum(value >= threshold for value in predictors)
+    # E-IIET's threshold: the least influential step a layer always runs (the explicit step of layer 0, the
+    # correctors of the others).
+    e_iiet = make_plan(measured, "e-iiet")
+    assert e_iiet.threshold == min(row[-1] for row in measured.iteration)
+    assert e_iiet.scheme["order_plan"] == [0] + [2 if value >= e_iiet.threshold else 0 for value in predictors]
+    with pytest.raises(IIETError, match="counts implicit-Euler corrections"):
+        make_plan(measured, "budget", budget_evaluations=5)
     student, _ = build_student(teacher, student_config(teacher.config, student_scheme(teacher, plan)))
     assert student.config.passes_per_layer == [1, 1, 1]
     assert all(torch.equal(p, teacher.state_dict()[k]) for k, p in student.state_dict().items())

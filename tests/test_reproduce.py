@@ -181,3 +181,23 @@ def test_a_failing_parallel_run_stops_the_study_with_its_own_error(tmp_path):
     finally:
         lock.release()
     assert not (busy / "final").exists()
+
+
+@pytest.mark.slow
+def test_pcformer_with_an_explicit_first_layer_goes_through_iiad(tmp_path):
+    """PCformer (first layer explicit) is an arm, and IIAD treats it as it treats IIET: its influence, an E-IIET
+    plan of predictor orders distilled into a student, and its Lower Bound (Distil PCformer, an Euler student)."""
+    config = _small_study(tmp_path, "study", arms=["pcformer-fl"], train_tokens=1024, influence_segments=4,
+                          distill_fraction=0.25, students=["e-iiet"])
+    report = run_study(config).read_text()
+    root = tmp_path / "study"
+    plan = json.loads((root / "iiad" / "plan-pcformer-e-iiet.json").read_text())
+    student = json.loads((root / "runs" / "pcformer-e-iiet" / "final" / "config.json").read_text())
+    assert student["scheme"]["name"] == "pcformer" and student["scheme"]["order_plan"] == plan["iteration_plan"]
+    assert plan["iteration_plan"][0] == 0  # the teacher's explicit first layer stays explicit
+    euler = json.loads((root / "runs" / "distil-pcformer" / "final" / "config.json").read_text())
+    assert euler["scheme"]["name"] == "euler"  # the Lower Bound of PCformer: one explicit step per layer
+    assert (root / "iiad" / "influence-pcformer" / "iteration_influence.png").is_file()
+    assert {"pcformer-fl-s0", "pcformer-e-iiet", "distil-pcformer"} <= set(
+        json.loads((root / "study.json").read_text())["eval"])
+    assert "PCformer, E-IIET plan (IIAD)" in report and "Distil PCformer" in report

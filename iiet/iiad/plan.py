@@ -202,9 +202,10 @@ def make_plan(
     if scheme is None or not scheme.accepts_plan:
         raise IIETError(f"the influence file describes a {influence.scheme_name!r} model, which takes no plan; plans "
                         "are made for iiet models (measure an IIET checkpoint).")
-    if rule != "lower-bound" and scheme.corrections(len(influence.iteration)) is None:
-        raise IIETError(f"rule {rule!r} ranks implicit-Euler corrections by influence, and a {scheme.name!r} model "
-                        "has none; use --rule lower-bound (every layer one pass) or a hand-written plan.")
+    if rule == "budget" and scheme.corrections(len(influence.iteration)) is None:
+        raise IIETError(f"rule 'budget' counts implicit-Euler corrections, and a {scheme.name!r} model has none; use "
+                        "--rule e-iiet or threshold (which drop its non-influential steps), lower-bound (every layer "
+                        "one pass) or a hand-written plan.")
     if (threshold is not None) != (rule == "threshold"):
         raise IIETError("give --threshold exactly when --rule threshold.")
     budgets = [b for b in (budget_evaluations, budget_flops_fraction) if b is not None]
@@ -213,13 +214,14 @@ def make_plan(
                         "(and neither with other rules).")
     if keep not in KEEP_MODES:
         raise IIETError(f"keep={keep!r} is not one of {KEEP_MODES}.")
-    iteration, L = influence.iteration, len(influence.iteration)
+    iteration, L = scheme.influence_rows(influence.iteration), len(influence.iteration)
     budget = None
     if rule == "lower-bound":
-        plan = [0] * L
+        plan = kept = [0] * L
     elif rule in ("e-iiet", "threshold"):
         threshold = e_iiet_threshold(iteration) if rule == "e-iiet" else threshold
-        plan = threshold_plan(iteration, threshold, keep)
+        kept = threshold_plan(iteration, threshold, keep)
+        plan = scheme.plan_keeping(L, kept)
     else:
         if budget_evaluations is not None:
             evaluations = budget_evaluations
@@ -230,7 +232,7 @@ def make_plan(
         if evaluations < L:
             raise IIETError(f"a budget of {evaluations} block evaluations is below the {L} initial computations "
                             "(one per layer) that every plan runs; raise the budget.")
-        plan = budget_plan(iteration, evaluations - L)
+        plan = kept = budget_plan(iteration, evaluations - L)
     before, after = _config(influence, None), _config(influence, plan)
     return Plan(
         iteration_plan=plan,
@@ -239,11 +241,11 @@ def make_plan(
         threshold=threshold,
         keep=keep if rule in ("e-iiet", "threshold") else None,
         budget=budget,
-        corrections={"before": sum(influence.corrections), "after": sum(plan)},
+        corrections={"before": sum(influence.corrections), "after": sum(kept)},
         block_evaluations={"before": before.num_block_evaluations, "after": after.num_block_evaluations},
         flops_per_token={"before": flops_per_token(before, context), "after": flops_per_token(after, context),
                          "context": context},
-        kept_influence={"after": kept_influence(iteration, plan),
+        kept_influence={"after": kept_influence(iteration, kept),
                         "before": kept_influence(iteration, influence.corrections)},
         model=influence.model,
         influence_file=influence_file,

@@ -84,6 +84,16 @@ class SchemeConfig:
             )
         return dataclasses.replace(self, **{self.plan_field: list(plan)})
 
+    def influence_rows(self, iteration: list[list[float]]) -> list[list[float]]:
+        """Each layer's iteration influence (one value per traced step) as IIAD's rules read it: first the step the
+        layer always runs, then the steps a plan may drop, in the order a plan keeps them (``plan_keeping``)."""
+        return [list(row) for row in iteration]
+
+    def plan_keeping(self, num_layers: int, kept: list[int]) -> list[int]:
+        """The plan that keeps, in each layer ``n``, the first ``kept[n]`` of its droppable steps
+        (``influence_rows``); IIAD's threshold rules make plans through it."""
+        raise SchemeConfigError(f"the {self.name!r} scheme has no steps for a plan to keep or drop.")
+
     def explicit_first_layer(self, num_layers: int) -> "SchemeConfig | None":
         """The variant whose layer 0 is a single explicit step (``self`` if it is already; ``None`` if the scheme
         cannot express one). At small token budgets a multi-pass layer 0 holds a model at the unigram plateau
@@ -203,6 +213,9 @@ class ImplicitEulerScheme(DLCLScheme):
     def plan(self, num_layers: int) -> list[int]:
         return self.corrections(num_layers)
 
+    def plan_keeping(self, num_layers: int, kept: list[int]) -> list[int]:
+        return list(kept)  # the steps after the initial computation are the corrections, in order
+
     def explicit_first_layer(self, num_layers: int) -> "ImplicitEulerScheme":
         plan = self.corrections(num_layers)
         return self if plan[0] == 0 else self.with_plan([0, *plan[1:]])
@@ -266,6 +279,15 @@ class PredictorCorrectorScheme(DLCLScheme):
 
     def plan(self, num_layers: int) -> list[int]:
         return self.orders(num_layers)
+
+    def influence_rows(self, iteration: list[list[float]]) -> list[list[float]]:
+        # A layer traces its predictor and its corrector (an order-0 layer: its one explicit step). The corrector
+        # is the layer's own step, which always runs; the predictor is the extra work a plan may drop.
+        return [[row[-1], *row[:-1]] for row in iteration]
+
+    def plan_keeping(self, num_layers: int, kept: list[int]) -> list[int]:
+        # A layer that keeps its predictor keeps its order; one that drops it becomes a single explicit step.
+        return [order if keep else 0 for order, keep in zip(self.orders(num_layers), kept)]
 
     def explicit_first_layer(self, num_layers: int) -> "PredictorCorrectorScheme":
         orders = self.orders(num_layers)

@@ -10,12 +10,13 @@ from pathlib import Path
 from iiet.eval.report import markdown_table
 from iiet.plotting import pyplot, save_figure
 from iiet.study.compute import write_results
-from iiet.study.study import (COMPUTE_MATCHED, COMPUTE_REFERENCE, MULTI_SEED_ARMS, Study, arm_label, machine,
-                              mean_spread)
+from iiet.study.study import (COMPUTE_MATCHED, COMPUTE_REFERENCE, MULTI_SEED_ARMS, PCFORMER_E_IIET,
+                              PCFORMER_TEACHERS, Study, arm_label, machine, mean_spread)
 from iiet.train.plots import plot_loss_curves
 
 R_SWEEP = ("dlcl", "iiet-r1", "iiet-r2", "iiet-r3")  # r = 0 .. 3 (Table 5, Figure 2)
-IIAD_ROWS = ("distil-pcformer", "lower-bound", "e-iiet")
+IIAD_ROWS = ("distil-pcformer", PCFORMER_E_IIET, "lower-bound", "e-iiet")
+IIAD_TEACHERS = ("iiet-r3",) + PCFORMER_TEACHERS
 
 
 def _label(arm: str) -> str:
@@ -152,10 +153,10 @@ def write_report(study: Study) -> Path:
         if source.is_file():
             shutil.copy2(source, figures / name)
     plans = {}
-    for rule in ("e-iiet", "lower-bound"):
-        plan_file = study.root / "iiad" / f"plan-{rule}.json"
+    for name in ("e-iiet", "lower-bound", PCFORMER_E_IIET):
+        plan_file = study.root / "iiad" / f"plan-{name}.json"
         if plan_file.is_file():
-            plans[rule] = json.loads(plan_file.read_text())
+            plans[name] = json.loads(plan_file.read_text())
 
     tier = s.tier
     lines = [
@@ -190,11 +191,11 @@ def write_report(study: Study) -> Path:
     if r_sweep:
         lines += ["![perplexity vs r](figures/ppl_vs_r.png)", ""]
     lines += ["## IIAD: plans and distillation (Table 1, lower half)", ""]
-    for rule, plan in plans.items():
+    for name, plan in plans.items():
         evals = plan.get("block_evaluations", {})
-        lines.append(f"- {rule}: plan `{plan['iteration_plan']}`, block evaluations per token "
+        lines.append(f"- {_label(name)}: plan `{plan['iteration_plan']}`, block evaluations per token "
                      f"{evals.get('before', '?')} -> {evals.get('after', '?')}")
-    lines += ["", _perplexity_table(study, ("iiet-r3",) + IIAD_ROWS), _zero_shot_table(study, ("iiet-r3",) + IIAD_ROWS)]
+    lines += ["", _perplexity_table(study, IIAD_TEACHERS + IIAD_ROWS), _zero_shot_table(study, IIAD_TEACHERS + IIAD_ROWS)]
     if (figures / "iteration_influence.png").is_file():
         lines += ["![iteration influence](figures/iteration_influence.png)", ""]
     if (figures / "block_influence.png").is_file():

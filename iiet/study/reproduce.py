@@ -44,13 +44,13 @@ from iiet.study.compute import matched_depth, matched_tokens
 from iiet.study.heldout import document_bits_per_byte, held_out_split, text_perplexity
 from iiet.study.report import write_report
 from iiet.study.study import (ADAPTIVE_RUN, COMPUTE_MATCHED, COMPUTE_REFERENCE, DISTIL_PCFORMER, MULTI_SEED_ARMS,
-                              PLAN_RULES, Study,
-                              StudyConfig)
+                              PCFORMER_E_IIET, PCFORMER_TEACHERS, Study, StudyConfig)
 from iiet.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from iiet.train.metrics import read_metrics
 from iiet.train.trainer import build_model_config, prepare_run_data, run_training
 
-BENCH_RUNS = ("transformer++-s0", "dlcl-s0", "pcformer-s0", "iiet-r3-s0", ADAPTIVE_RUN, "e-iiet", "lower-bound")
+BENCH_RUNS = ("transformer++-s0", "dlcl-s0", "pcformer-s0", "pcformer-fl-s0", "iiet-r3-s0", ADAPTIVE_RUN, "e-iiet",
+              "lower-bound", PCFORMER_E_IIET)
 TEACHER_RUN = "iiet-r3-s0"  # IIAD's teacher, and the weights decoded self-speculatively
 
 
@@ -97,7 +97,7 @@ def run_study(config: StudyConfig, command: str | None = None, observer=None) ->
     # one complete pass through every step (and the report is rewritten after each phase).
     trained = study.timed("pretrain", _pretrain, study, 1)
     study.timed("evaluate", _evaluate, study, trained)
-    if "iiet-r3" in trained:
+    if "iiet-r3" in trained or any(arm in trained for arm in PCFORMER_TEACHERS):
         study.timed("iiad", _iiad, study, trained)
     if config.bench:
         study.timed("bench", _bench, study)
@@ -273,20 +273,29 @@ def _evaluate_one(study: Study, key: str, final: Path) -> None:
     study.save()
 
 
-def _influence(study: Study, trained: dict[str, list[Path]]) -> Path:
-    """influence.json of IIET r=3 (seed 0), with Transformer++'s block influence beside it when there is one."""
+def _influence(study: Study, trained: dict[str, list[Path]], teacher: Path, folder: str) -> Path:
+    """influence.json of ``teacher`` in ``iiad/folder``, with Transformer++'s block influence beside it when there
+    is one."""
     c, iiad = study.config, study.root / "iiad"
-    path = iiad / "influence" / INFLUENCE_FILE
+    path = iiad / folder / INFLUENCE_FILE
     if path.is_file():
         return path
     compare = []
     if "transformer++" in trained:
-        _, files = measure_influence(str(trained["transformer++"][0]), str(study.data_dir),
-                                     num_segments=c.influence_segments, output_dir=str(iiad / "influence-transformer++"),
-                                     device=c.device, progress_bar=False)
-        compare.append(str(files["influence"]))
-    measure_influence(str(trained["iiet-r3"][0]), str(study.data_dir), num_segments=c.influence_segments,
+        reference = iiad / "influence-transformer++" / INFLUENCE_FILE
+        if not reference.is_file():
+            measure_influence(str(trained["transformer++"][0]), str(study.data_dir), num_segments=c.influence_segments,
+                              output_dir=str(reference.parent), device=c.device, progress_bar=False)
+        compare.append(str(reference))
+    measure_influence(str(teacher), str(study.data_dir), num_segments=c.influence_segments,
                       output_dir=str(path.parent), device=c.device, compare=compare, progress_bar=False)
+    return path
+
+
+def _plan_file(study: Study, influence_file: Path, rule: str, name: str) -> Path:
+    path = study.root / "iiad" / f"plan-{name}.json"
+    if not path.is_file():
+        make_plan(Influence.load(influence_file), rule, influence_file=str(influence_file)).save(path)
     return path
 
 
@@ -308,17 +317,21 @@ def distill_config(study: Study, name: str, teacher: Path, plan: Path | None, st
 
 
 def _iiad(study: Study, trained: dict[str, list[Path]]) -> None:
-    """Influence of IIET r=3 -> E-IIET and Lower Bound plans -> distillation; and Distil PCformer."""
-    influence_file = study.timed("iiad/influence", _influence, study, trained)
-    plans = {}
-    for rule in PLAN_RULES:
-        plans[rule] = study.root / "iiad" / f"plan-{rule}.json"
-        if not plans[rule].is_file():
-            make_plan(Influence.load(influence_file), rule, influence_file=str(influence_file)).save(plans[rule])
-    teacher = trained["iiet-r3"][0]
-    students = {rule: (teacher, plans[rule], None) for rule in study.config.students}
-    if "pcformer" in trained:
-        students[DISTIL_PCFORMER] = (trained["pcformer"][0], None, resolve("transformer++", 1).scheme)
+    """Influence of IIET r=3 -> E-IIET and Lower Bound plans -> distillation; the same for PCformer (its Lower
+    Bound is the explicit-Euler student: Distil PCformer)."""
+    students = {}
+    teacher = trained["iiet-r3"][0] if "iiet-r3" in trained else None
+    if teacher is not None:
+        influence_file = study.timed("iiad/influence", _influence, study, trained, teacher, "influence")
+        for rule in study.config.students:
+            students[rule] = (teacher, _plan_file(study, influence_file, rule, rule), None)
+    pcformer = next((trained[arm][0] for arm in PCFORMER_TEACHERS if arm in trained), None)
+    if pcformer is not None:
+        students[DISTIL_PCFORMER] = (pcformer, None, resolve("transformer++", 1).scheme)
+        if "e-iiet" in study.config.students:
+            influence_file = study.timed("iiad/influence-pcformer", _influence, study, trained, pcformer,
+                                         "influence-pcformer")
+            students[PCFORMER_E_IIET] = (pcformer, _plan_file(study, influence_file, "e-iiet", PCFORMER_E_IIET), None)
     for name, (teacher_dir, plan_file, student_scheme) in students.items():
         final = study.run_dir(name) / "final"
         if not _done(final):
@@ -326,7 +339,7 @@ def _iiad(study: Study, trained: dict[str, list[Path]]) -> None:
             study.timed(f"distill/{name}", distill, distill_config(study, name, teacher_dir, plan_file, student_scheme))
         if _done(final):
             study.timed(f"evaluate/{name}", _evaluate_one, study, name, final)
-    if study.config.adaptive_tolerance is not None:
+    if study.config.adaptive_tolerance is not None and teacher is not None:
         final = study.run_dir(ADAPTIVE_RUN) / "final"
         if not _done(final):
             _export_adaptive(teacher, final, study.config.adaptive_tolerance)

@@ -28,6 +28,10 @@ ARMS = ("transformer++", "dlcl", "pcformer", "trans-ws", "iiet-r1", "iiet-r2", "
 PLAN_RULES = ("e-iiet", "lower-bound")  # IIAD plans of IIET r=3, each distilled into a student of that name
 ADAPTIVE_RUN = "iiet-r3-adaptive"  # IIET r=3 (seed 0) with adaptive corrections: the same weights
 DISTIL_PCFORMER = "distil-pcformer"  # the Transformer++ distilled from the PCformer arm
+# IIAD of PCformer: the explicit-first-layer variant is the teacher when the study trains it (it leaves the plateau
+# that the paper's PCformer is stuck on at small scale); its E-IIET plan keeps the predictor orders that matter.
+PCFORMER_TEACHERS = ("pcformer-fl", "pcformer")
+PCFORMER_E_IIET = "pcformer-e-iiet"
 MULTI_SEED_ARMS = ("transformer++", "iiet-r3", "transformer++-flops")
 # Transformer++ at the compute of COMPUTE_REFERENCE (StudyConfig.compute_matched; iiet.study.compute).
 COMPUTE_REFERENCE = "iiet-r3"
@@ -40,12 +44,14 @@ ZERO_SHOT_TASKS = ("lambada", "piqa", "hellaswag", "sciq", "arc_challenge", "win
 
 def arm_label(arm: str, preset: str = "tiny") -> str:
     """The paper's label of an arm or of a model the study makes from one: an IIAD student (``PLAN_RULES``,
-    ``DISTIL_PCFORMER``) or a compute-matched Transformer++ (``COMPUTE_MATCHED``)."""
+    ``DISTIL_PCFORMER``, ``PCFORMER_E_IIET``) or a compute-matched Transformer++ (``COMPUTE_MATCHED``)."""
     if arm in COMPUTE_MATCHED:
         return COMPUTE_MATCHED[arm]
     num_layers = PRESETS[preset]["num_hidden_layers"]
     if arm == DISTIL_PCFORMER:
         return f"Distil {resolve('pcformer', num_layers).label}"
+    if arm == PCFORMER_E_IIET:
+        return f"{resolve('pcformer', num_layers).label}, E-IIET plan (IIAD)"
     try:
         label = resolve(arm, num_layers).label
     except IIETError:
