@@ -111,6 +111,8 @@ def test_compute_matched_arms_results_json_and_held_out_corpora(tmp_path):
     assert all(row["val_curve"] for row in runs.values())
     assert (tmp_path / "study" / "figures" / "loss_vs_training_flops.png").is_file()
     assert "Equal compute" in report and "at equal training FLOPs" in report
+    assert flops["planned_tokens"] == flops["tokens"] and flops["train_seconds"] > 0
+    assert f"| {flops['label']} | " in report and f"| {flops['tokens']:,} ({flops['tokens']:,}) |" in report
     scores = json.loads((tmp_path / "study" / "study.json").read_text())["eval"]["iiet-r3-s0"]["corpora"]
     assert scores[str(other_domain)]["documents"] == 3
 

@@ -83,11 +83,40 @@ def run_record(run_dir: Path, meta: dict[str, Any], seq_len: int) -> dict[str, A
         "training_flops_per_token": per_token,
         "inference_flops_per_token": flops_per_token(config, seq_len),
         "tokens": tokens,
+        "planned_tokens": _planned_tokens(run_dir),
         "training_flops": per_token * tokens,
+        "train_seconds": max((r.get("elapsed_s", 0.0) for r in records), default=0.0),
         "val_loss": curve[-1][1] if curve else None,
         "val_perplexity": math.exp(curve[-1][1]) if curve else None,
         "val_curve": [{"tokens": t, "training_flops": per_token * t, "val_loss": v} for t, v in curve],
     }
+
+
+def _planned_tokens(run_dir: Path) -> int | None:
+    optim = _train_settings(run_dir).get("optim", {})
+    steps, batch = optim.get("max_steps"), optim.get("batch_tokens")
+    return steps * batch if steps and batch else None
+
+
+def runs_table(rows: list[dict[str, Any]]) -> str:
+    """One line per run: what it is, what it cost and where it ended (the report's list of runs and seeds)."""
+    lines = ["| run | parameters | block evals / token | tokens (planned) | training FLOPs | final val loss | "
+             "training time |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        planned = f" ({row['planned_tokens']:,})" if row.get("planned_tokens") else ""
+        notes = [note for note, present in (("distilled: its teacher's compute not counted", row["distilled"]),
+                                            ("not finished", not row["finished"])) if present]
+        loss = f"{row['val_loss']:.3f}" if row["val_loss"] is not None else "–"
+        lines.append(f"| {row['label']}{''.join(f', {n}' for n in notes)} | {row['parameters'] / 1e6:.2f}M | "
+                     f"{row['block_evaluations']} | {row['tokens']:,}{planned} | {row['training_flops']:.2e} | {loss} | "
+                     f"{_duration(row.get('train_seconds', 0.0))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def write_results(root: Path, data_dir: Path, seq_len: int, evaluations: dict[str, Any], labels: dict[str, str]):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from iiet.eval.report import markdown_table
 from iiet.plotting import pyplot, save_figure
-from iiet.study.compute import write_results
+from iiet.study.compute import runs_table, write_results
 from iiet.study.study import (COMPUTE_MATCHED, COMPUTE_REFERENCE, MULTI_SEED_ARMS, PCFORMER_E_IIET,
                               PCFORMER_TEACHERS, Study, arm_label, machine, mean_spread)
 from iiet.train.plots import plot_loss_curves
@@ -206,7 +206,7 @@ def write_report(study: Study) -> Path:
     lines += ["## Equal compute: validation loss against training FLOPs", "",
               "Training FLOPs are forward + backward matmul FLOPs (`iiet.models.costs.training_flops_per_token`), "
               "per run in `results.json` (tokens, training FLOPs, block evaluations, parameters, losses).", "",
-              compute_verdict(rows), ""]
+              compute_verdict(rows), "", runs_table(rows)]
     if compute_figure:
         lines += ["![validation loss against training FLOPs](figures/loss_vs_training_flops.png)", ""]
     lines += ["## Held-out corpora (other domains), per document", "",
