@@ -23,6 +23,11 @@ layer ``n`` (``Influence.iteration[n][i]``; entry 0 is the initial computation, 
                   This is a knapsack over prefixes, solved exactly by dynamic programming over layers (the greedy
                   "take the most influential next step" can miss a large correction behind a small one); the budget
                   is never exceeded.
+
+Other multi-pass schemes are read the same way through their scheme config: ``influence_rows`` orders a layer's
+traced steps as "the step it always runs, then the steps a plan may drop", ``plan_keeping`` turns the kept counts
+into the scheme's plan (PCformer: the corrector always runs; a layer keeps its predictor order or becomes one
+explicit step). ``budget`` counts corrections and applies to IIET only.
 """
 
 from __future__ import annotations
@@ -241,12 +246,12 @@ def make_plan(
         threshold=threshold,
         keep=keep if rule in ("e-iiet", "threshold") else None,
         budget=budget,
-        corrections={"before": sum(influence.corrections), "after": sum(kept)},
+        corrections={"before": sum(len(row) - 1 for row in iteration), "after": sum(kept)},
         block_evaluations={"before": before.num_block_evaluations, "after": after.num_block_evaluations},
         flops_per_token={"before": flops_per_token(before, context), "after": flops_per_token(after, context),
                          "context": context},
         kept_influence={"after": kept_influence(iteration, kept),
-                        "before": kept_influence(iteration, influence.corrections)},
+                        "before": kept_influence(iteration, [len(row) - 1 for row in iteration])},
         model=influence.model,
         influence_file=influence_file,
     )

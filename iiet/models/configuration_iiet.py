@@ -281,9 +281,10 @@ class PredictorCorrectorScheme(DLCLScheme):
         return self.orders(num_layers)
 
     def influence_rows(self, iteration: list[list[float]]) -> list[list[float]]:
-        # A layer traces its predictor and its corrector (an order-0 layer: its one explicit step). The corrector
-        # is the layer's own step, which always runs; the predictor is the extra work a plan may drop.
-        return [[row[-1], *row[:-1]] for row in iteration]
+        # A layer traces its predictor and its corrector. The corrector is the layer's own step, which always runs
+        # (an order-0 layer's only step: it has no predictor); the predictor is the extra work a plan may drop.
+        orders = self.orders(len(iteration))
+        return [[row[-1], *row[:-1]] if order else [row[-1]] for row, order in zip(iteration, orders)]
 
     def plan_keeping(self, num_layers: int, kept: list[int]) -> list[int]:
         # A layer that keeps its predictor keeps its order; one that drops it becomes a single explicit step.

@@ -317,8 +317,8 @@ class PredictorCorrector(nn.Module):
             f = blocks(n, order, y_p)
             entries.append(self.history.store(n, x, f))
             y = entries.combine(n + 1)
-            if trace is not None:  # an order-0 layer is one explicit step, like an IIET layer without corrections
-                trace.append([x, y_p, y] if order else [x, y])
+            if trace is not None:
+                trace.append([x, y_p, y])
             x = y
         return SchemeOutput(x, trace)
 
