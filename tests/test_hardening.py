@@ -407,6 +407,8 @@ def _bad_inputs(corpus: Path, trained: Path, root: Path) -> list[list[str]]:
         ["data-prepare", "--sources", f"[{corpus / 'docs.jsonl'}]", "--tokenizer", str(corpus / "tokenizer"),
          "--output_dir", str(blocker / "data")],
         ["reproduce", "--preset", "huge", "--output_dir", fresh],
+        ["reproduce", "--workers", "0", "--output_dir", fresh],
+        ["reproduce", "--arms", "[]", "--output_dir", fresh],
         ["distill", "--distill.teacher", str(root / "nowhere"), "--data.path", data, "--optim.max_steps", "1",
          "--run.output_dir", fresh],
         ["info", "--bogus"],
