@@ -180,9 +180,17 @@ class StudyConfig:
         unknown = sorted(set(self.arm_tokens) - set(self.arms))
         if unknown:
             raise IIETError(f"arm_tokens names {unknown}, which are not among the arms {self.arms}.")
+        if self.report_only and not (self.data_dir / "meta.json").is_file():
+            raise IIETError(f"--report_only true: {self.data_dir} holds no prepared data, so no run of this study has "
+                            "finished; run the command without --report_only first.")
         if self.workers < 1:
             raise IIETError(f"--workers must be at least 1, got {self.workers}.")
         check_writable(self.output_dir, "--output_dir")  # before hours of data preparation and training
+
+    @property
+    def data_dir(self) -> Path:
+        """The prepared data of the study: ``data``, or ``output_dir/data`` prepared from ``sources``."""
+        return Path(self.data) if self.data else Path(self.output_dir) / "data"
 
     def tokens_of(self, arm: str) -> int:
         """Pretraining tokens of ``arm``."""
@@ -209,7 +217,7 @@ class Study:
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.config.data) if self.config.data else self.root / "data"
+        return self.config.data_dir
 
     def save(self) -> None:
         self.state_file.write_text(json.dumps(self.state, indent=2, default=str))
