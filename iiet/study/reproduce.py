@@ -31,6 +31,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from iiet.bench.commands import render, run_benchmark
+from iiet.data.packed import META_FILE
 from iiet.eval.harness import evaluate
 from iiet.iiad.distill import DistillConfig, DistillTrainConfig, distill
 from iiet.iiad.influence import Influence
@@ -148,7 +149,7 @@ def _compute_matched_config(study: Study, arm: str, seed: int) -> TrainConfig:
     c = study.config
     base = train_config(study, "transformer++", seed)
     reference = train_config(study, COMPUTE_REFERENCE, seed)
-    meta = json.loads((study.data_dir / "meta.json").read_text())
+    meta = json.loads((study.data_dir / META_FILE).read_text())
     ref_config = build_model_config(reference.model.preset, reference.model.scheme, meta["vocab_size"],
                                     dict(reference.model.overrides), meta)
     if arm == "transformer++-flops":
@@ -187,9 +188,9 @@ def _finished(study: Study, seeds: int) -> dict[str, list[Path]]:
 
 def _pretrain(study: Study, seeds: int) -> dict[str, list[Path]]:
     """Train the pretraining runs that are not finished (``workers`` at a time); return the finished ones."""
-    first = train_config(study, study.config.arms[0], 0)
-    if not (Path(first.data.path) / "meta.json").is_file():  # once, before any run (the runs may start at once)
-        print(f"[reproduce] prepare the data -> {first.data.path}", flush=True)
+    if not (study.data_dir / META_FILE).is_file():  # once, before any run (the runs may start at once)
+        first = train_config(study, study.config.arms[0], 0)
+        print(f"[reproduce] prepare the data -> {study.data_dir}", flush=True)
         study.timed("prepare", prepare_run_data, first.data)
     pending = [(f"{arm}-s{seed}", config) for arm, seed, config in _pretraining_runs(study, seeds)
                if not _done(Path(config.run.output_dir) / "final")]
@@ -212,7 +213,7 @@ def _pretrain_parallel(study: Study, pending: list[tuple[str, TrainConfig]]) -> 
     each process with its share of the CPU threads; a failed run stops the study with its own error."""
     workers = min(study.config.workers, len(pending))
     threads = max(1, torch.get_num_threads() // workers)
-    vocab_size = json.loads((study.data_dir / "meta.json").read_text())["vocab_size"]
+    vocab_size = json.loads((study.data_dir / META_FILE).read_text())["vocab_size"]
     pending = sorted(pending, key=lambda item: -_training_cost(item[1], vocab_size))
     print(f"[reproduce] pretrain {len(pending)} runs, {workers} at a time ({threads} CPU thread(s) each): "
           + ", ".join(name for name, _ in pending), flush=True)

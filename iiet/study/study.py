@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from iiet.data.packed import META_FILE
 from iiet.errors import IIETError
 from iiet.models.names import resolve
 from iiet.models.presets import PRESETS
@@ -180,7 +181,7 @@ class StudyConfig:
         unknown = sorted(set(self.arm_tokens) - set(self.arms))
         if unknown:
             raise IIETError(f"arm_tokens names {unknown}, which are not among the arms {self.arms}.")
-        if self.report_only and not (self.data_dir / "meta.json").is_file():
+        if self.report_only and not (self.data_dir / META_FILE).is_file():
             raise IIETError(f"--report_only true: {self.data_dir} holds no prepared data, so no run of this study has "
                             "finished; run the command without --report_only first.")
         if self.workers < 1:
