@@ -409,6 +409,7 @@ def _bad_inputs(corpus: Path, trained: Path, root: Path) -> list[list[str]]:
         ["reproduce", "--preset", "huge", "--output_dir", fresh],
         ["reproduce", "--workers", "0", "--output_dir", fresh],
         ["reproduce", "--arms", "[]", "--output_dir", fresh],
+        ["reproduce", "--merge_results", f"[{root / 'nowhere.json'}]", "--output_dir", fresh],
         ["reproduce", "--report_only", "true", "--compute_matched", "true", "--output_dir", fresh],
         ["distill", "--distill.teacher", str(root / "nowhere"), "--data.path", data, "--optim.max_steps", "1",
          "--run.output_dir", fresh],

@@ -163,6 +163,47 @@ def test_report_only_evaluates_the_finished_runs_and_trains_nothing(tmp_path):
     assert "Transformer++" in report and "has not finished: no equal-compute verdict yet" in report
 
 
+def test_a_study_merges_the_results_of_another_whose_checkpoints_are_gone(tmp_path):
+    """``merge_results``: the runs of another study (trained elsewhere, its checkpoints since lost) join the tables,
+    the equal-compute verdict and results.json, marked with where they came from; nothing is trained for them."""
+    import shutil
+
+    from iiet.study.compute import RESULTS_FILE
+
+    run_study(_small_study(tmp_path, "first", arms=["transformer++"], train_tokens=512))
+    kept = tmp_path / "kept.json"
+    shutil.copy(tmp_path / "first" / RESULTS_FILE, kept)
+    shutil.rmtree(tmp_path / "first" / "runs")  # the machine was reset: only the committed record is left
+    first = json.loads(kept.read_text())
+    assert first["settings"]["train_tokens"] == 512 and first["data"]["tokenizer_hash"]
+
+    data = str(tmp_path / "first" / "data")
+    report = run_study(_small_study(tmp_path, "second", arms=["transformer++", "iiet-r3"], train_tokens=512, data=data,
+                                    merge_results=[str(kept)], students=[])).read_text()
+    assert not (tmp_path / "second" / "runs" / "transformer++-s0").exists()  # merged, not trained again
+    rows = {row["run"]: row for row in json.loads((tmp_path / "second" / RESULTS_FILE).read_text())["runs"]}
+    assert set(rows) == {"transformer++-s0", "iiet-r3-s0"}
+    assert rows["transformer++-s0"]["merged_from"] == str(kept) and "merged_from" not in rows["iiet-r3-s0"]
+    euler = first["runs"][0]
+    assert rows["transformer++-s0"]["val_loss"] == euler["val_loss"]
+    assert f"{euler['val_loss']:.3f}, n=1) by" in report and "at equal tokens, IIET (r=3)" in report
+    ppl = euler["evaluation"]["val"]["perplexity"]
+    assert f"| Transformer++ | {ppl:.2f} |" in report  # the merged run's evaluation is in the tables
+    assert f"Merged from `{kept}`" in report and f"from {kept} |" in report
+
+    def refused(**changes):
+        with pytest.raises(IIETError, match="--merge_results"):
+            run_study(_small_study(tmp_path, "third", arms=["iiet-r3"], train_tokens=512, data=data, **changes))
+        assert not (tmp_path / "third").exists()  # refused before anything is written
+
+    refused(merge_results=[str(kept)], lr=3e-3)  # other training settings
+    refused(merge_results=[str(tmp_path / "nowhere.json")])
+    (tmp_path / "other.json").write_text(json.dumps({**first, "data": {**first["data"], "tokenizer_hash": "x"}}))
+    refused(merge_results=[str(tmp_path / "other.json")])  # other data
+    (tmp_path / "study.json").write_text(json.dumps({"wall_s": {}}))
+    refused(merge_results=[str(tmp_path / "study.json")])  # not a results.json
+
+
 def test_the_report_names_the_command_that_regenerates_it():
     from iiet.study.reproduce import regenerating_arguments
 

@@ -25,6 +25,7 @@ from iiet.models.costs import flops_per_token, parameter_count, training_flops_p
 from iiet.models.names import resolve
 from iiet.models.presets import build_config
 from iiet.plotting import pyplot, save_figure
+from iiet.study.study import data_identity
 from iiet.train.metrics import read_metrics
 from iiet.train.trainer import CONFIG_FILE, FINAL_DIR, build_model_config
 
@@ -105,7 +106,8 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         planned = f" ({row['planned_tokens']:,})" if row.get("planned_tokens") else ""
         notes = [note for note, present in (("distilled: its teacher's compute not counted", row["distilled"]),
-                                            ("not finished", not row["finished"])) if present]
+                                            ("not finished", not row["finished"]),
+                                            (f"from {row.get('merged_from')}", row.get("merged_from"))) if present]
         loss = f"{row['val_loss']:.3f}" if row["val_loss"] is not None else "–"
         lines.append(f"| {row['label']}{''.join(f', {n}' for n in notes)} | {row['parameters'] / 1e6:.2f}M | "
                      f"{row['block_evaluations']} | {row['tokens']:,}{planned} | {row['training_flops']:.2e} | {loss} | "
@@ -119,18 +121,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def write_results(root: Path, data_dir: Path, seq_len: int, evaluations: dict[str, Any], labels: dict[str, str]):
-    """``results.json``: one row per run (costs, curve, every evaluation the study recorded) and the figure."""
+def write_results(root: Path, data_dir: Path, seq_len: int, evaluations: dict[str, Any], labels: dict[str, str],
+                  merged: list[dict[str, Any]] = (), settings: dict[str, Any] | None = None):
+    """``results.json``: one row per run (costs, curve, every evaluation the study recorded), the ``merged`` rows of
+    other studies in place of runs of the same name, the study's training ``settings``; and the figure."""
     meta = json.loads((data_dir / "meta.json").read_text())
+    replaced = {row["run"] for row in merged}
     rows = []
-    for run_dir in sorted(p for p in (root / "runs").glob("*") if p.is_dir()):
+    for run_dir in sorted(p for p in (root / "runs").glob("*") if p.is_dir() and p.name not in replaced):
         record = run_record(run_dir, meta, seq_len)
         if record is None:
             continue
         record["label"] = labels.get(run_dir.name, run_dir.name)
         record["evaluation"] = evaluations.get(run_dir.name)
         rows.append(record)
-    (root / RESULTS_FILE).write_text(json.dumps({"seq_len": seq_len, "runs": rows}, indent=2, default=str))
+    rows = sorted(rows + list(merged), key=lambda row: row["run"])
+    results = {"seq_len": seq_len, "settings": settings, "data": data_identity(meta),
+               "runs": rows}
+    (root / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
     figure = plot_loss_vs_compute(rows, root / "figures" / "loss_vs_training_flops.png") if rows else None
     return rows, figure
 

@@ -11,7 +11,8 @@ from iiet.eval.report import markdown_table
 from iiet.plotting import pyplot, save_figure
 from iiet.study.compute import runs_table, write_results
 from iiet.study.study import (COMPUTE_MATCHED, COMPUTE_REFERENCE, MULTI_SEED_ARMS, PCFORMER_E_IIET,
-                              PCFORMER_TEACHERS, Study, arm_label, machine, mean_spread)
+                              PCFORMER_TEACHERS, Study, arm_label, machine, mean_spread,
+                              training_settings)
 from iiet.train.plots import plot_loss_curves
 
 R_SWEEP = ("dlcl", "iiet-r1", "iiet-r2", "iiet-r3")  # r = 0 .. 3 (Table 5, Figure 2)
@@ -28,7 +29,7 @@ def _arm_of(run: str) -> str:
 
 
 def _runs_of(study: Study, arm: str) -> list[str]:
-    return sorted(k for k in study.state.get("eval", {}) if k == arm or k.rsplit("-s", 1)[0] == arm)
+    return sorted(k for k in study.evaluations if k == arm or k.rsplit("-s", 1)[0] == arm)
 
 
 def _fmt(values: list[float], decimals: int = 3) -> str:
@@ -43,7 +44,7 @@ def _perplexity_table(study: Study, arms: tuple[str, ...] | list[str]) -> str:
     headers = ["Model", "val ppl (in-domain)"] + [f"{Path(t).parent.name}/{Path(t).name} ppl / bpb" for t in texts]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
     for arm in arms:
-        runs = [study.state["eval"][k] for k in _runs_of(study, arm)]
+        runs = [study.evaluations[k] for k in _runs_of(study, arm)]
         if not runs:
             continue
         cells = [_label(arm), _fmt([r["val"]["perplexity"] for r in runs if r.get("val")], 2)]
@@ -59,7 +60,7 @@ def _zero_shot_table(study: Study, arms) -> str:
     results = {}
     for arm in arms:
         for key in _runs_of(study, arm):
-            zero_shot = study.state["eval"][key].get("zero_shot")
+            zero_shot = study.evaluations[key].get("zero_shot")
             if zero_shot:
                 results[f"{_label(arm)} ({key.rsplit('-', 1)[-1]})" if arm in MULTI_SEED_ARMS else
                         _label(arm)] = {"results": zero_shot}
@@ -74,7 +75,7 @@ def _bench_table(study: Study) -> str:
 def _figure_r_sweep(study: Study, path: Path) -> Path | None:
     points = []
     for r, arm in enumerate(R_SWEEP):
-        runs = [study.state["eval"][k] for k in _runs_of(study, arm)]
+        runs = [study.evaluations[k] for k in _runs_of(study, arm)]
         values = [x["val"]["perplexity"] for x in runs if x.get("val")]
         if values:
             points.append((r, statistics.mean(values), values))
@@ -85,7 +86,7 @@ def _figure_r_sweep(study: Study, path: Path) -> Path | None:
     for r, _, values in points:
         ax.scatter([r] * len(values), values, color="tab:blue", alpha=0.4, s=12)
     for arm, style in (("transformer++", "--"), ("pcformer", ":")):
-        runs = [study.state["eval"][k] for k in _runs_of(study, arm)]
+        runs = [study.evaluations[k] for k in _runs_of(study, arm)]
         values = [x["val"]["perplexity"] for x in runs if x.get("val")]
         if values:
             ax.axhline(statistics.mean(values), linestyle=style, color="gray", label=_label(arm))
@@ -105,7 +106,7 @@ def _corpora_table(study: Study, arms) -> str:
     headers = ["Model"] + [f"{Path(corpus).name or corpus}: bpb (median [q1, q3] over documents)" for corpus in corpora]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * len(corpora)) + "|"]
     for arm in arms:
-        runs = [study.state["eval"][k] for k in _runs_of(study, arm)]
+        runs = [study.evaluations[k] for k in _runs_of(study, arm)]
         cells = [_label(arm)]
         for corpus in corpora:
             scores = [r["corpora"][corpus] for r in runs if corpus in r.get("corpora", {})]
@@ -178,6 +179,14 @@ def write_report(study: Study) -> Path:
         "",
         "Wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in state.get("wall_s", {}).items()),
         "",
+    ]
+    sources = {}
+    for name, row in sorted(study.merged.items()):
+        sources.setdefault(row["merged_from"], []).append(name)
+    lines += [f"Merged from `{path}` (trained and evaluated by another study with the same training settings; "
+              f"their curves are in the compute figure, not in the loss-curve figure): {', '.join(names)}.\n"
+              for path, names in sources.items()]
+    lines += [
         "## Pretraining: perplexity (Figure 2 / Table 1 columns)",
         "",
         _perplexity_table(study, list(s.arms) + (list(COMPUTE_MATCHED) if s.compute_matched else [])),
@@ -202,7 +211,8 @@ def write_report(study: Study) -> Path:
         lines += ["![block influence](figures/block_influence.png)", ""]
     labels = {run.name: _label(_arm_of(run.name)) + (f" (seed {run.name.rsplit('-s', 1)[1]})" if _arm_of(run.name) != run.name else "")
               for run in runs}
-    rows, compute_figure = write_results(study.root, study.data_dir, s.seq_len, state.get("eval", {}), labels)
+    rows, compute_figure = write_results(study.root, study.data_dir, s.seq_len, study.evaluations, labels,
+                                         merged=list(study.merged.values()), settings=training_settings(s))
     lines += ["## Equal compute: validation loss against training FLOPs", "",
               "Training FLOPs are forward + backward matmul FLOPs (`iiet.models.costs.training_flops_per_token`), "
               "per run in `results.json` (tokens, training FLOPs, block evaluations, parameters, losses).", "",

@@ -187,13 +187,14 @@ def _finished(study: Study, seeds: int) -> dict[str, list[Path]]:
 
 
 def _pretrain(study: Study, seeds: int) -> dict[str, list[Path]]:
-    """Train the pretraining runs that are not finished (``workers`` at a time); return the finished ones."""
+    """Train the pretraining runs that are neither finished nor merged from another study (``workers`` at a time);
+    return the finished ones."""
     if not (study.data_dir / META_FILE).is_file():  # once, before any run (the runs may start at once)
         first = train_config(study, study.config.arms[0], 0)
         print(f"[reproduce] prepare the data -> {study.data_dir}", flush=True)
         study.timed("prepare", prepare_run_data, first.data)
     pending = [(f"{arm}-s{seed}", config) for arm, seed, config in _pretraining_runs(study, seeds)
-               if not _done(Path(config.run.output_dir) / "final")]
+               if not _done(Path(config.run.output_dir) / "final") and f"{arm}-s{seed}" not in study.merged]
     if study.config.workers > 1 and len(pending) > 1:
         _pretrain_parallel(study, pending)
     else:

@@ -8,6 +8,7 @@ there, so running the same config on the same directory again skips the finished
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
 import statistics
@@ -121,6 +122,10 @@ class StudyConfig:
         report_only: evaluate the finished pretraining runs and write the report, training nothing (no
             pretraining, no distillation, no benchmark): a report of a study in progress.
         tier: label written into the report ("pipeline" = smoke run, "evidence" = a run meant as evidence).
+        merge_results: ``results.json`` files of other studies with the same training settings (runs trained on
+            another machine, or the record of runs whose checkpoints are gone): their runs join this report's
+            tables, verdict, compute figure and ``results.json``, each marked with where it came from, unless this
+            study has a finished run of the same name. Nothing is trained or evaluated for them.
     """
 
     output_dir: str = "runs/reproduce"
@@ -163,6 +168,7 @@ class StudyConfig:
     workers: int = 1
     report_only: bool = False
     tier: str = "pipeline"
+    merge_results: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         """Check what needs no data or model; raise ``IIETError`` naming the field and the fix."""
@@ -186,6 +192,8 @@ class StudyConfig:
                             "finished; run the command without --report_only first.")
         if self.workers < 1:
             raise IIETError(f"--workers must be at least 1, got {self.workers}.")
+        for path in self.merge_results:
+            merged_runs(path, self)
         check_writable(self.output_dir, "--output_dir")  # before hours of data preparation and training
 
     @property
@@ -199,6 +207,56 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# The settings two studies must share for their runs to be compared in one report (``merge_results``); where a run
+# happened (directory, device, workers) and how it is evaluated or reported do not matter.
+TRAINING_SETTINGS = ("preset", "seq_len", "train_tokens", "arm_tokens", "batch_tokens", "lr", "warmup_ratio",
+                     "history", "model_overrides", "explicit_first_layer", "evals_per_run", "eval_batches")
+
+
+def training_settings(config: StudyConfig) -> dict[str, Any]:
+    return {key: getattr(config, key) for key in TRAINING_SETTINGS}
+
+
+def data_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What makes two prepared data directories the same data, from their ``meta.json`` (not where they are)."""
+    return {"tokenizer_hash": meta.get("tokenizer_hash"), "vocab_size": meta.get("vocab_size"),
+            "seq_len": meta.get("seq_len"), "val_fraction": meta.get("val_fraction"), "seed": meta.get("seed"),
+            "sources": [source.get("sha256") for source in meta.get("sources", [])]}
+
+
+def merged_runs(path: str | Path, config: StudyConfig) -> list[dict[str, Any]]:
+    """The runs of another study's ``results.json`` (``merge_results``), checked against ``config``; each row gets
+    ``merged_from``. Raises ``IIETError`` naming the file and what differs."""
+    path = Path(path)
+    flag = f"--merge_results {path}"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IIETError(f"{flag}: no such file; name the results.json of a study (written next to its results.md).")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise IIETError(f"{flag}: not a readable results.json ({type(error).__name__}); name the results.json "
+                        "of a study.") from None
+    if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
+        raise IIETError(f"{flag}: not a study's results.json (it has no list of runs); name the results.json of a "
+                        "study (written next to its results.md).")
+    if results.get("seq_len") != config.seq_len:
+        raise IIETError(f"{flag}: its runs were trained at sequence length {results.get('seq_len')}, this study's "
+                        f"is {config.seq_len}; merge only studies with the same settings.")
+    for key, theirs in (results.get("settings") or {}).items():  # older results.json files record no settings
+        ours = getattr(config, key, None)
+        if key in TRAINING_SETTINGS and theirs != ours:
+            raise IIETError(f"{flag}: its {key} is {theirs!r}, this study's is {ours!r}; merge only studies with "
+                            "the same training settings.")
+    meta_file = config.data_dir / META_FILE
+    if results.get("data") and meta_file.is_file():
+        ours = data_identity(json.loads(meta_file.read_text()))
+        differs = [key for key, value in results["data"].items() if ours.get(key) != value]
+        if differs:
+            raise IIETError(f"{flag}: its runs were trained on other data ({', '.join(differs)} differ from "
+                            f"{meta_file}); merge only studies of the same prepared data.")
+    return [{**row, "merged_from": str(path)} for row in results["runs"] if isinstance(row, dict) and "run" in row]
 
 
 class Study:
@@ -219,6 +277,22 @@ class Study:
     @property
     def data_dir(self) -> Path:
         return self.config.data_dir
+
+    @functools.cached_property
+    def merged(self) -> dict[str, dict[str, Any]]:
+        """The runs of ``merge_results`` this study does not have finished itself, by run name (the later file wins)."""
+        rows = {}
+        for path in self.config.merge_results:
+            for row in merged_runs(path, self.config):
+                if not (self.run_dir(row["run"]) / "final" / "config.json").is_file():
+                    rows[row["run"]] = row
+        return rows
+
+    @property
+    def evaluations(self) -> dict[str, Any]:
+        """Evaluation results by run: this study's (``study.json``) and those of the merged runs."""
+        merged = {name: row["evaluation"] for name, row in self.merged.items() if row.get("evaluation")}
+        return {**self.state.get("eval", {}), **merged}
 
     def save(self) -> None:
         self.state_file.write_text(json.dumps(self.state, indent=2, default=str))
