@@ -244,3 +244,25 @@ def test_pcformer_with_an_explicit_first_layer_goes_through_iiad(tmp_path):
     assert {"pcformer-fl-s0", "pcformer-e-iiet", "distil-pcformer"} <= set(
         json.loads((root / "study.json").read_text())["eval"])
     assert "PCformer, E-IIET plan (IIAD)" in report and "Distil PCformer" in report
+
+
+def test_the_verdict_states_the_gap_along_the_way_at_equal_compute():
+    """The verdict's range: the other arm interpolated (in log tokens or FLOPs) at each evaluation of IIET r=3
+    that its curve spans; evaluations beyond its curve are left out."""
+    from iiet.study.report import compute_verdict, curve_gaps
+
+    def row(run, points, per_token):
+        curve = [{"tokens": t, "training_flops": t * per_token, "val_loss": v} for t, v in points]
+        return {"run": run, "finished": True, "val_loss": curve[-1]["val_loss"], "val_curve": curve}
+
+    iiet = row("iiet-r3-s0", [(100, 3.0), (200, 2.5), (400, 2.0), (800, 1.8)], per_token=2.0)
+    euler = row("transformer++-s0", [(100, 3.2), (400, 2.6)], per_token=1.0)
+    flops = row("transformer++-flops-s0", [(200, 2.8), (800, 1.6)], per_token=1.0)
+    assert curve_gaps(iiet["val_curve"], euler["val_curve"], "tokens") == pytest.approx([0.2, 0.4, 0.6])
+    # On the FLOPs axis IIET's 100, 200, 400 tokens are 200, 400, 800 FLOPs: flops interpolates to 2.8, 2.2, 1.6.
+    assert curve_gaps(iiet["val_curve"], flops["val_curve"], "training_flops") == pytest.approx([-0.2, -0.3, -0.4])
+    verdict = compute_verdict([iiet, euler, flops])
+    assert "beats Transformer++ (2.600, n=1) by 0.800 nats/token" in verdict
+    assert "minus IIET (r=3) from +0.200 to +0.600 over 3 evaluations" in verdict
+    assert "loses to Transformer++ at IIET r=3's training FLOPs (more tokens) (1.600, n=1) by 0.200" in verdict
+    assert "from -0.400 to -0.200 over 3 evaluations" in verdict

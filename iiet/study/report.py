@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
+
+import numpy
 
 from iiet.eval.report import markdown_table
 from iiet.plotting import pyplot, save_figure
@@ -122,22 +125,44 @@ def _final_losses(rows: list[dict], arm: str) -> list[float]:
     return [row["val_loss"] for row in rows if _arm_of(row["run"]) == arm and row["finished"] and row["val_loss"]]
 
 
+def _finished_curves(rows: list[dict], arm: str) -> list[list[dict]]:
+    return [row["val_curve"] for row in rows if _arm_of(row["run"]) == arm and row["finished"] and row["val_curve"]]
+
+
+def curve_gaps(reference: list[dict], other: list[dict], axis: str) -> list[float]:
+    """``other``'s validation loss minus ``reference``'s at each evaluation of ``reference`` that ``other``'s curve
+    spans on ``axis`` (``tokens`` or ``training_flops``), ``other`` interpolated linearly in log ``axis``."""
+    xs = [math.log(point[axis]) for point in other if point[axis] > 0]
+    ys = [point["val_loss"] for point in other if point[axis] > 0]
+    if len(xs) < 2:
+        return []
+    return [float(numpy.interp(math.log(point[axis]), xs, ys)) - point["val_loss"]
+            for point in reference if point[axis] > 0 and xs[0] <= math.log(point[axis]) <= xs[-1]]
+
+
 def compute_verdict(rows: list[dict]) -> str:
-    """The equal-compute reading, generated from the finished runs' final validation losses."""
+    """The equal-compute reading, generated from the finished runs' final validation losses, with the range of the
+    gap along the way (every evaluation of the reference that the other arm's curve spans, every pair of seeds)."""
     reference = _final_losses(rows, COMPUTE_REFERENCE)
     if not reference:
         return f"_{_label(COMPUTE_REFERENCE)} has not finished: no equal-compute verdict yet._"
     ref = statistics.mean(reference)
     sentences = []
-    for arm, what in (("transformer++", "at equal tokens"), ("transformer++-flops", "at equal training FLOPs"),
-                      ("transformer++-deep", "at equal inference FLOPs per token (and equal training FLOPs)")):
+    for arm, what, axis in (("transformer++", "at equal tokens", "tokens"),
+                            ("transformer++-flops", "at equal training FLOPs", "training_flops"),
+                            ("transformer++-deep", "at equal inference FLOPs per token (and equal training FLOPs)",
+                             "tokens")):
         losses = _final_losses(rows, arm)
         if not losses:
             continue
         other = statistics.mean(losses)
         better = "beats" if ref < other else "loses to"
+        gaps = [gap for ours in _finished_curves(rows, COMPUTE_REFERENCE) for theirs in _finished_curves(rows, arm)
+                for gap in curve_gaps(ours, theirs, axis)]
+        along = (f" (along the way, at equal {axis.replace('_', ' ')}: {_label(arm)} minus {_label(COMPUTE_REFERENCE)} "
+                 f"from {min(gaps):+.3f} to {max(gaps):+.3f} over {len(gaps)} evaluations)") if gaps else ""
         sentences.append(f"{what}, {_label(COMPUTE_REFERENCE)} ({ref:.3f}, n={len(reference)}) {better} "
-                         f"{_label(arm)} ({other:.3f}, n={len(losses)}) by {abs(other - ref):.3f} nats/token")
+                         f"{_label(arm)} ({other:.3f}, n={len(losses)}) by {abs(other - ref):.3f} nats/token{along}")
     return ("Final validation loss: " + "; ".join(sentences) + ".") if sentences else "_no comparison arm finished yet._"
 
 
