@@ -172,9 +172,10 @@ def test_a_study_merges_the_results_of_another_whose_checkpoints_are_gone(tmp_pa
 
     run_study(_small_study(tmp_path, "first", arms=["transformer++"], train_tokens=512))
     kept = tmp_path / "kept.json"
-    shutil.copy(tmp_path / "first" / RESULTS_FILE, kept)
+    first = json.loads((tmp_path / "first" / RESULTS_FILE).read_text())
+    under_way = {**first["runs"][0], "run": "iiet-r3-s0", "finished": False}  # not a result: trained here
+    kept.write_text(json.dumps({**first, "runs": first["runs"] + [under_way]}))
     shutil.rmtree(tmp_path / "first" / "runs")  # the machine was reset: only the committed record is left
-    first = json.loads(kept.read_text())
     assert first["settings"]["train_tokens"] == 512 and first["data"]["tokenizer_hash"]
 
     data = str(tmp_path / "first" / "data")
@@ -184,6 +185,7 @@ def test_a_study_merges_the_results_of_another_whose_checkpoints_are_gone(tmp_pa
     rows = {row["run"]: row for row in json.loads((tmp_path / "second" / RESULTS_FILE).read_text())["runs"]}
     assert set(rows) == {"transformer++-s0", "iiet-r3-s0"}
     assert rows["transformer++-s0"]["merged_from"] == str(kept) and "merged_from" not in rows["iiet-r3-s0"]
+    assert rows["iiet-r3-s0"]["finished"] and rows["iiet-r3-s0"]["block_evaluations"] == 13
     euler = first["runs"][0]
     assert rows["transformer++-s0"]["val_loss"] == euler["val_loss"]
     assert f"{euler['val_loss']:.3f}, n=1) by" in report and "at equal tokens, IIET (r=3)" in report

@@ -123,7 +123,7 @@ class StudyConfig:
             pretraining, no distillation, no benchmark): a report of a study in progress.
         tier: label written into the report ("pipeline" = smoke run, "evidence" = a run meant as evidence).
         merge_results: ``results.json`` files of other studies with the same training settings (runs trained on
-            another machine, or the record of runs whose checkpoints are gone): their runs join this report's
+            another machine, or the record of runs whose checkpoints are gone): their finished runs join this report's
             tables, verdict, compute figure and ``results.json``, each marked with where it came from, unless this
             study has a finished run of the same name. Nothing is trained or evaluated for them.
     """
@@ -227,7 +227,7 @@ def data_identity(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def merged_runs(path: str | Path, config: StudyConfig) -> list[dict[str, Any]]:
-    """The runs of another study's ``results.json`` (``merge_results``), checked against ``config``; each row gets
+    """The finished runs of another study's ``results.json`` (``merge_results``), checked against ``config``; each gets
     ``merged_from``. Raises ``IIETError`` naming the file and what differs."""
     path = Path(path)
     flag = f"--merge_results {path}"
@@ -256,7 +256,9 @@ def merged_runs(path: str | Path, config: StudyConfig) -> list[dict[str, Any]]:
         if differs:
             raise IIETError(f"{flag}: its runs were trained on other data ({', '.join(differs)} differ from "
                             f"{meta_file}); merge only studies of the same prepared data.")
-    return [{**row, "merged_from": str(path)} for row in results["runs"] if isinstance(row, dict) and "run" in row]
+    # Its finished runs only: a run it had under way is no result (and this study may train it).
+    return [{**row, "merged_from": str(path)} for row in results["runs"]
+            if isinstance(row, dict) and "run" in row and row.get("finished")]
 
 
 class Study:
