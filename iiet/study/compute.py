@@ -136,8 +136,7 @@ def write_results(root: Path, data_dir: Path, seq_len: int, evaluations: dict[st
         record["evaluation"] = evaluations.get(run_dir.name)
         rows.append(record)
     rows = sorted(rows + list(merged), key=lambda row: row["run"])
-    results = {"seq_len": seq_len, "settings": settings, "data": data_identity(meta),
-               "runs": rows}
+    results = {"seq_len": seq_len, "settings": settings, "data": data_identity(meta), "runs": rows}
     (root / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
     figure = plot_loss_vs_compute(rows, root / "figures" / "loss_vs_training_flops.png") if rows else None
     return rows, figure

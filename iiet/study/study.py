@@ -234,7 +234,7 @@ def merged_runs(path: str | Path, config: StudyConfig) -> list[dict[str, Any]]:
     try:
         results = json.loads(path.read_text())
     except FileNotFoundError:
-        raise IIETError(f"{flag}: no such file; name the results.json of a study (written next to its results.md).")
+        raise IIETError(f"{flag}: no such file; name the results.json of a study (written next to its results.md).") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise IIETError(f"{flag}: not a readable results.json ({type(error).__name__}); name the results.json "
                         "of a study.") from None
