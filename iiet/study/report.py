@@ -140,6 +140,9 @@ def curve_gaps(reference: list[dict], other: list[dict], axis: str) -> list[floa
             for point in reference if point[axis] > 0 and xs[0] <= math.log(point[axis]) <= xs[-1]]
 
 
+AXES = {"tokens": "tokens", "training_flops": "training FLOPs"}  # the x axes of the validation curves, as written
+
+
 def compute_verdict(rows: list[dict]) -> str:
     """The equal-compute reading, generated from the finished runs' final validation losses, with the range of the
     gap along the way (every evaluation of the reference that the other arm's curve spans, every pair of seeds)."""
@@ -159,7 +162,7 @@ def compute_verdict(rows: list[dict]) -> str:
         better = "beats" if ref < other else "loses to"
         gaps = [gap for ours in _finished_curves(rows, COMPUTE_REFERENCE) for theirs in _finished_curves(rows, arm)
                 for gap in curve_gaps(ours, theirs, axis)]
-        along = (f" (along the way, at equal {axis.replace('_', ' ')}: {_label(arm)} minus {_label(COMPUTE_REFERENCE)} "
+        along = (f" (along the way, at equal {AXES[axis]}: {_label(arm)} minus {_label(COMPUTE_REFERENCE)} "
                  f"from {min(gaps):+.3f} to {max(gaps):+.3f} over {len(gaps)} evaluations)") if gaps else ""
         sentences.append(f"{what}, {_label(COMPUTE_REFERENCE)} ({ref:.3f}, n={len(reference)}) {better} "
                          f"{_label(arm)} ({other:.3f}, n={len(losses)}) by {abs(other - ref):.3f} nats/token{along}")
