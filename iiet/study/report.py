@@ -31,8 +31,10 @@ def _arm_of(run: str) -> str:
     return run.rsplit("-s", 1)[0] if run.rsplit("-s", 1)[-1].isdigit() else run
 
 
-def _runs_of(study: Study, arm: str) -> list[str]:
-    return sorted(k for k in study.evaluations if k == arm or k.rsplit("-s", 1)[0] == arm)
+def _evaluations_of(study: Study, arm: str) -> list[tuple[str, dict]]:
+    """(run, evaluation) of every evaluated run of ``arm`` (its seeds), this study's and the merged ones."""
+    evaluations = study.evaluations
+    return [(k, evaluations[k]) for k in sorted(evaluations) if k == arm or k.rsplit("-s", 1)[0] == arm]
 
 
 def _fmt(values: list[float], decimals: int = 3) -> str:
@@ -47,7 +49,7 @@ def _perplexity_table(study: Study, arms: tuple[str, ...] | list[str]) -> str:
     headers = ["Model", "val ppl (in-domain)"] + [f"{Path(t).parent.name}/{Path(t).name} ppl / bpb" for t in texts]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
     for arm in arms:
-        runs = [study.evaluations[k] for k in _runs_of(study, arm)]
+        runs = [entry for _, entry in _evaluations_of(study, arm)]
         if not runs:
             continue
         cells = [_label(arm), _fmt([r["val"]["perplexity"] for r in runs if r.get("val")], 2)]
@@ -62,8 +64,8 @@ def _perplexity_table(study: Study, arms: tuple[str, ...] | list[str]) -> str:
 def _zero_shot_table(study: Study, arms) -> str:
     results = {}
     for arm in arms:
-        for key in _runs_of(study, arm):
-            zero_shot = study.evaluations[key].get("zero_shot")
+        for key, entry in _evaluations_of(study, arm):
+            zero_shot = entry.get("zero_shot")
             if zero_shot:
                 results[f"{_label(arm)} ({key.rsplit('-', 1)[-1]})" if arm in MULTI_SEED_ARMS else
                         _label(arm)] = {"results": zero_shot}
@@ -78,7 +80,7 @@ def _bench_table(study: Study) -> str:
 def _figure_r_sweep(study: Study, path: Path) -> Path | None:
     points = []
     for r, arm in enumerate(R_SWEEP):
-        runs = [study.evaluations[k] for k in _runs_of(study, arm)]
+        runs = [entry for _, entry in _evaluations_of(study, arm)]
         values = [x["val"]["perplexity"] for x in runs if x.get("val")]
         if values:
             points.append((r, statistics.mean(values), values))
@@ -89,7 +91,7 @@ def _figure_r_sweep(study: Study, path: Path) -> Path | None:
     for r, _, values in points:
         ax.scatter([r] * len(values), values, color="tab:blue", alpha=0.4, s=12)
     for arm, style in (("transformer++", "--"), ("pcformer", ":")):
-        runs = [study.evaluations[k] for k in _runs_of(study, arm)]
+        runs = [entry for _, entry in _evaluations_of(study, arm)]
         values = [x["val"]["perplexity"] for x in runs if x.get("val")]
         if values:
             ax.axhline(statistics.mean(values), linestyle=style, color="gray", label=_label(arm))
@@ -109,7 +111,7 @@ def _corpora_table(study: Study, arms) -> str:
     headers = ["Model"] + [f"{Path(corpus).name or corpus}: bpb (median [q1, q3] over documents)" for corpus in corpora]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * len(corpora)) + "|"]
     for arm in arms:
-        runs = [study.evaluations[k] for k in _runs_of(study, arm)]
+        runs = [entry for _, entry in _evaluations_of(study, arm)]
         cells = [_label(arm)]
         for corpus in corpora:
             scores = [r["corpora"][corpus] for r in runs if corpus in r.get("corpora", {})]
@@ -121,12 +123,9 @@ def _corpora_table(study: Study, arms) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _final_losses(rows: list[dict], arm: str) -> list[float]:
-    return [row["val_loss"] for row in rows if _arm_of(row["run"]) == arm and row["finished"] and row["val_loss"]]
-
-
-def _finished_curves(rows: list[dict], arm: str) -> list[list[dict]]:
-    return [row["val_curve"] for row in rows if _arm_of(row["run"]) == arm and row["finished"] and row["val_curve"]]
+def _finished(rows: list[dict], arm: str) -> list[dict]:
+    """The finished runs of ``arm`` that have a validation curve."""
+    return [row for row in rows if _arm_of(row["run"]) == arm and row["finished"] and row["val_curve"]]
 
 
 def curve_gaps(reference: list[dict], other: list[dict], axis: str) -> list[float]:
@@ -146,7 +145,7 @@ AXES = {"tokens": "tokens", "training_flops": "training FLOPs"}  # the x axes of
 def compute_verdict(rows: list[dict]) -> str:
     """The equal-compute reading, generated from the finished runs' final validation losses, with the range of the
     gap along the way (every evaluation of the reference that the other arm's curve spans, every pair of seeds)."""
-    reference = _final_losses(rows, COMPUTE_REFERENCE)
+    reference = [row["val_loss"] for row in _finished(rows, COMPUTE_REFERENCE)]
     if not reference:
         return f"_{_label(COMPUTE_REFERENCE)} has not finished: no equal-compute verdict yet._"
     ref = statistics.mean(reference)
@@ -155,13 +154,13 @@ def compute_verdict(rows: list[dict]) -> str:
                             ("transformer++-flops", "at equal training FLOPs", "training_flops"),
                             ("transformer++-deep", "at equal inference FLOPs per token (and equal training FLOPs)",
                              "tokens")):
-        losses = _final_losses(rows, arm)
+        losses = [row["val_loss"] for row in _finished(rows, arm)]
         if not losses:
             continue
         other = statistics.mean(losses)
         better = "beats" if ref < other else "loses to"
-        gaps = [gap for ours in _finished_curves(rows, COMPUTE_REFERENCE) for theirs in _finished_curves(rows, arm)
-                for gap in curve_gaps(ours, theirs, axis)]
+        gaps = [gap for ours in _finished(rows, COMPUTE_REFERENCE) for theirs in _finished(rows, arm)
+                for gap in curve_gaps(ours["val_curve"], theirs["val_curve"], axis)]
         along = (f" (along the way, at equal {AXES[axis]}: {_label(arm)} minus {_label(COMPUTE_REFERENCE)} "
                  f"from {min(gaps):+.3f} to {max(gaps):+.3f} over {len(gaps)} evaluations)") if gaps else ""
         sentences.append(f"{what}, {_label(COMPUTE_REFERENCE)} ({ref:.3f}, n={len(reference)}) {better} "
