@@ -163,6 +163,32 @@ def test_report_only_evaluates_the_finished_runs_and_trains_nothing(tmp_path):
     assert "Transformer++" in report and "has not finished: no equal-compute verdict yet" in report
 
 
+def test_without_iiad_and_benchmark_every_seed_trains_in_one_pass(tmp_path):
+    """``iiad=False, bench=False``: no step waits for seed 0, so both seeds train in one pretraining pass (the
+    workers stay busy), and no influence, plan or distillation is made for the IIET r=3 teacher."""
+
+    class Steps:
+        started: list[str] = []
+
+        def start(self, key):
+            self.started.append(key)
+
+        def finish(self, key):
+            pass
+
+    steps = Steps()
+    config = _small_study(tmp_path, "study", arms=["transformer++", "iiet-r3"], train_tokens=512, seeds=2, iiad=False)
+    report = run_study(config, observer=steps).read_text()
+    assert steps.started.count("pretrain") == 1 and not any(key.startswith("iiad") for key in steps.started)
+    runs = {row["run"] for row in json.loads((tmp_path / "study" / "results.json").read_text())["runs"]}
+    assert runs == {"transformer++-s0", "transformer++-s1", "iiet-r3-s0", "iiet-r3-s1"}
+    assert not (tmp_path / "study" / "iiad").exists() and "_IIAD not run (`--iiad false`)_" in report
+    # With IIAD, seed 0 of every arm comes first (a study cut short has one pass through every step).
+    steps.started.clear()
+    run_study(_small_study(tmp_path, "phased", arms=["transformer++"], train_tokens=512, seeds=2), observer=steps)
+    assert steps.started.count("pretrain") == 2
+
+
 def test_a_study_merges_the_results_of_another_whose_checkpoints_are_gone(tmp_path):
     """``merge_results``: the runs of another study (trained elsewhere, its checkpoints since lost) join the tables,
     the equal-compute verdict and results.json, marked with where they came from; nothing is trained for them."""

@@ -90,7 +90,7 @@ def _figure_r_sweep(study: Study, path: Path) -> Path | None:
     ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="IIET (r = 0 is DLCL)")
     for r, _, values in points:
         ax.scatter([r] * len(values), values, color="tab:blue", alpha=0.4, s=12)
-    for arm, style in (("transformer++", "--"), ("pcformer", ":")):
+    for arm, style in (("transformer++", "--"), ("pcformer", ":"), ("pcformer-fl", "-.")):
         runs = [entry for _, entry in _evaluations_of(study, arm)]
         values = [x["val"]["perplexity"] for x in runs if x.get("val")]
         if values:
@@ -222,11 +222,13 @@ def write_report(study: Study) -> Path:
         _zero_shot_table(study, list(s.arms)),
         "## Iterations r (Table 5 / Figure 2 shape)",
         "",
-        _perplexity_table(study, ("transformer++", "pcformer") + R_SWEEP),
+        _perplexity_table(study, ("transformer++",) + PCFORMER_TEACHERS + R_SWEEP),
     ]
     if r_sweep:
         lines += ["![perplexity vs r](figures/ppl_vs_r.png)", ""]
     lines += ["## IIAD: plans and distillation (Table 1, lower half)", ""]
+    if not s.iiad:
+        lines += ["_IIAD not run (`--iiad false`)_", ""]
     for name, plan in plans.items():
         evals = plan.get("block_evaluations", {})
         lines.append(f"- {_label(name)}: plan `{plan['iteration_plan']}`, block evaluations per token "

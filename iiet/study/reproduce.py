@@ -95,15 +95,17 @@ def run_study(config: StudyConfig, command: str | None = None, observer=None) ->
         study.timed("evaluate", _evaluate, study, _finished(study, config.seeds))
         return write_report(study)
     # Seed 0 of every arm first, then IIAD and the benchmark, then the extra seeds: a study cut short still has
-    # one complete pass through every step (and the report is rewritten after each phase).
-    trained = study.timed("pretrain", _pretrain, study, 1)
+    # one complete pass through every step (and the report is rewritten after each phase). Without those steps
+    # nothing waits for seed 0: every seed trains in one pass (the workers stay busy).
+    first_seeds = 1 if config.iiad or config.bench else config.seeds
+    trained = study.timed("pretrain", _pretrain, study, first_seeds)
     study.timed("evaluate", _evaluate, study, trained)
-    if "iiet-r3" in trained or any(arm in trained for arm in PCFORMER_TEACHERS):
+    if config.iiad and ("iiet-r3" in trained or any(arm in trained for arm in PCFORMER_TEACHERS)):
         study.timed("iiad", _iiad, study, trained)
     if config.bench:
         study.timed("bench", _bench, study)
     path = write_report(study)
-    if config.seeds > 1:
+    if config.seeds > first_seeds:
         trained = study.timed("pretrain", _pretrain, study, config.seeds)
         study.timed("evaluate", _evaluate, study, trained)
         path = write_report(study)

@@ -113,6 +113,9 @@ class StudyConfig:
             (docs/adaptive.md; the same weights, no training); null skips.
         draft: also benchmark IIET r=3 decoded by exact self-speculative decoding with this draft, as after
             ``+draft=`` in an ``iiet bench`` spec (e.g. ``lower-bound:k=4``); null skips.
+        iiad: run IIAD on the trained IIET r=3 and PCformer arms (iteration influence, plans, distillation: a third of
+            the teacher's pretraining tokens per student). With neither ``iiad`` nor ``bench`` nothing waits for the
+            first seeds, so every seed of every arm trains in one pass (``workers`` at a time).
         bench: run the inference benchmark over the trained models.
         bench_batch_sizes: decode batch sizes of the benchmark (default: 1 and 4 on CPU, 1, 8 and 32 on GPU).
         device: auto, cpu or cuda.
@@ -161,6 +164,7 @@ class StudyConfig:
     students: list[str] = field(default_factory=lambda: list(PLAN_RULES))
     adaptive_tolerance: float | None = None
     draft: str | None = None
+    iiad: bool = True
     bench: bool = True
     bench_batch_sizes: list[int] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
