@@ -362,6 +362,7 @@ def test_the_table_of_named_models_resolves_every_name_to_its_scheme_and_label()
     assert fl.scheme["order_plan"] == [0, 2, 2, 2] and fl.label == "PCformer, explicit first layer"
     assert resolve("iiet-r3-fl", 4).scheme["iteration_plan"] == [0, 3, 3, 3]
     assert resolve("e-iiet=0,1,2,3", 4).label == "E-IIET (sum r=6)"
+    assert resolve("e-iiet=3,3,3,3", 4).label == "IIET (r=3), every layer iterating"  # the paper's IIET, by its plan
     for name in MODELS:  # every name builds a model, and its label is what label_of finds for its scheme
         named = resolve(name, 3)
         IIETConfig(**TINY, scheme=named.scheme)

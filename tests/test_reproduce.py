@@ -163,6 +163,30 @@ def test_report_only_evaluates_the_finished_runs_and_trains_nothing(tmp_path):
     assert "Transformer++" in report and "has not finished: no equal-compute verdict yet" in report
 
 
+def test_an_arm_that_names_its_plan_keeps_it_beside_the_explicit_first_layer_arms(tmp_path):
+    """``explicit_first_layer`` makes the IIET arms' layer 0 explicit, but ``e-iiet=3,3,3,3`` keeps its plan: the
+    paper's IIET r=3 (the same model as ``iiet-r3`` in a study without the option) in the same study."""
+    import torch
+
+    from iiet import IIETForCausalLM
+    from iiet.models.presets import build_config
+    from iiet.study.reproduce import train_config
+    from iiet.study.study import Study, arm_label
+
+    study = Study(_small_study(tmp_path, "study", arms=["iiet-r3", "e-iiet=3,3,3,3"]))
+    paper = Study(_small_study(tmp_path, "paper", arms=["iiet-r3"], explicit_first_layer=False))
+    assert train_config(study, "iiet-r3", 0).model.scheme["iteration_plan"] == [0, 3, 3, 3]
+    schemes = [train_config(study, "e-iiet=3,3,3,3", 0).model.scheme, train_config(paper, "iiet-r3", 0).model.scheme]
+    assert schemes[0]["iteration_plan"] == [3, 3, 3, 3] and schemes[1]["iteration_plan"] is None
+    ids = torch.randint(0, 512, (2, 16))
+    logits = []
+    for scheme in schemes:
+        torch.manual_seed(0)
+        logits.append(IIETForCausalLM(build_config("tiny", scheme)).eval()(ids).logits)
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
+    assert arm_label("e-iiet=3,3,3,3") == "IIET (r=3), every layer iterating"
+
+
 def test_without_iiad_and_benchmark_every_seed_trains_in_one_pass(tmp_path):
     """``iiad=False, bench=False``: no step waits for seed 0, so both seeds train in one pretraining pass (the
     workers stay busy), and no influence, plan or distillation is made for the IIET r=3 teacher."""

@@ -71,6 +71,8 @@ def _iiet(num_layers: int, r: int | None) -> tuple[dict[str, Any], str]:
 
 def _e_iiet(num_layers: int, plan: list[int] | None) -> tuple[dict[str, Any], str]:
     plan = default_plan(num_layers) if plan is None else plan
+    if len(set(plan)) == 1 and plan[0] > 0:  # the same corrections in every layer: the paper's IIET, by its plan
+        return {"name": "iiet", "iteration_plan": plan}, f"IIET (r={plan[0]}), every layer iterating"
     return {"name": "iiet", "iteration_plan": plan}, f"E-IIET (sum r={sum(plan)})"
 
 

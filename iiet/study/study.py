@@ -90,6 +90,8 @@ class StudyConfig:
         explicit_first_layer: the IIET arms keep layer 0 explicit (iteration plan ``[0, r, ..., r]``). At small
             token budgets the corrections of the first layer, whose input is the small token embedding, hold IIET
             at the unigram plateau; without them it learns from the start (docs/training.md, "The slow start of IIET").
+            An arm whose name gives its plan keeps it: ``"e-iiet=3,3,3,3"`` is the paper's IIET r=3 (every layer
+            iterating) beside the explicit-first-layer arms, in the same study.
         compute_matched: also train Transformer++ at IIET r=3's compute: on as many training FLOPs (more tokens,
             ``transformer++-flops``) and, deeper, with its inference FLOPs per token (``transformer++-deep``, same
             tokens); see ``iiet.study.compute``. The report then plots validation loss against training FLOPs.
