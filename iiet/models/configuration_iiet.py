@@ -71,6 +71,11 @@ class SchemeConfig:
     def accepts_plan(self) -> bool:
         return self.plan_field is not None
 
+    @property
+    def has_explicit_plan(self) -> bool:
+        """Whether a per-layer plan is set (``e-iiet=3,3,3,3``), rather than one value for every layer."""
+        return self.plan_field is not None and getattr(self, self.plan_field) is not None
+
     def plan(self, num_layers: int) -> list[int] | None:
         """The per-layer plan the scheme runs (IIET: corrections, PCformer: predictor orders); ``None`` if it takes none."""
         return None

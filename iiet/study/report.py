@@ -199,7 +199,8 @@ def write_report(study: Study) -> Path:
         + f" (sequence length {s.seq_len}, "
         f"{s.batch_tokens:,} tokens per step, lr {s.lr}), history reading `{s.history}`"
         + (f", model overrides `{s.model_overrides}`" if s.model_overrides else "")
-        + (", IIET arms with an explicit first layer (plan `[0, r, ..., r]`)" if s.explicit_first_layer else "")
+        + (", IIET arms with an explicit first layer (plan `[0, r, ..., r]`; an arm named by its plan keeps it)"
+           if s.explicit_first_layer else "")
         + "; seeds: "
         f"{s.seeds} for {', '.join(_label(a) for a in MULTI_SEED_ARMS)}, 1 for the others. Distillation: "
         f"{s.distill_fraction:.2f} x the pretraining tokens. Values with ± are mean ± half the spread over seeds.",

@@ -131,8 +131,9 @@ def train_config(study: Study, arm: str, seed: int) -> TrainConfig:
     scheme = resolve(arm, num_layers).scheme_config
     if scheme.has_history:
         scheme = dataclasses.replace(scheme, history=c.history)
-    if c.explicit_first_layer and scheme.corrections(num_layers) is not None and not _names_its_plan(scheme):
-        scheme = scheme.explicit_first_layer(num_layers)  # the IIET arms (PCformer's variant is the pcformer-fl arm)
+    # The IIET arms (PCformer's variant is the pcformer-fl arm); an arm named by its plan (e-iiet=3,3,3,3) keeps it.
+    if c.explicit_first_layer and scheme.corrections(num_layers) is not None and not scheme.has_explicit_plan:
+        scheme = scheme.explicit_first_layer(num_layers)
     steps = max(1, c.tokens_of(arm) // c.batch_tokens)
     return TrainConfig(
         model=ModelConfig(preset=c.preset, scheme=scheme.to_dict(), overrides=dict(c.model_overrides)),
@@ -144,11 +145,6 @@ def train_config(study: Study, arm: str, seed: int) -> TrainConfig:
                       eval_batches=c.eval_batches, max_minutes=c.max_minutes_per_run, progress_bar=False,
                       **_cadence(steps, c.evals_per_run, 5, 50)),
     )
-
-
-def _names_its_plan(scheme) -> bool:
-    """Whether the arm's name gave its per-layer plan (``e-iiet=3,3,3,3``): ``explicit_first_layer`` leaves it as named."""
-    return scheme.plan_field is not None and getattr(scheme, scheme.plan_field) is not None
 
 
 def _compute_matched_config(study: Study, arm: str, seed: int) -> TrainConfig:
