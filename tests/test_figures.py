@@ -80,3 +80,23 @@ def test_legends_use_the_papers_names_of_the_runs_models(tmp_path):
     figure = block_influence_figure(influences)
     assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["Transformer++", "IIET (r=1)"]
     pyplot().close(figure)
+
+
+def test_the_compute_figure_labels_only_the_2x_and_5x_minor_ticks_of_its_flops_axis(tmp_path, monkeypatch):
+    # over one or two decades matplotlib labels every minor tick of a log axis, and the labels overlap
+    from iiet.study import compute
+
+    figures = []
+    monkeypatch.setattr(compute, "save_figure", lambda figure, path: figures.append(figure) or path)
+    curve = [{"training_flops": flops, "tokens": flops / 1e7, "val_loss": loss}
+             for flops, loss in ((1.5e13, 6.4), (1e14, 5.0), (3.5e14, 4.3))]
+    row = {"label": "Transformer++", "block_evaluations": 4, "val_curve": curve, "distilled": False}
+    compute.plot_loss_vs_compute([row], tmp_path / "compute.png")
+    figure = figures[0]
+    figure.canvas.draw()
+    axis = figure.axes[0]
+    low, high = axis.get_xlim()
+    labelled = sorted(tick.get_loc() for tick in axis.xaxis.get_minor_ticks()
+                      if tick.label1.get_text() and low <= tick.get_loc() <= high)
+    pyplot().close(figure)
+    assert labelled == pytest.approx([2e13, 5e13, 2e14]), labelled

@@ -142,6 +142,12 @@ def write_results(root: Path, data_dir: Path, seq_len: int, evaluations: dict[st
     return rows, figure
 
 
+def _flops_minor_label(value: float, _position: int) -> str:
+    exponent = math.floor(math.log10(value))
+    mantissa = round(value / 10 ** exponent)
+    return rf"${mantissa}\times10^{{{exponent}}}$" if mantissa in (2, 5) else ""
+
+
 def plot_loss_vs_compute(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Validation loss against training FLOPs (left, the equal-compute view) and against tokens (right); distilled
     students are left out (their compute is their teacher's plus their own)."""
@@ -157,6 +163,8 @@ def plot_loss_vs_compute(rows: list[dict[str, Any]], path: Path) -> Path | None:
         by_flops.plot([p["training_flops"] for p in curve], [p["val_loss"] for p in curve], **style)
         by_tokens.plot([p["tokens"] for p in curve], [p["val_loss"] for p in curve], **style)
     by_flops.set_xscale("log")
+    # label the minor ticks 2x and 5x only: over one or two decades matplotlib labels every one, and they overlap
+    by_flops.xaxis.set_minor_formatter(_flops_minor_label)
     by_flops.set_xlabel("training FLOPs (forward + backward matmuls)")
     by_flops.set_ylabel("validation loss (nats/token)")
     by_flops.set_title("at equal compute")
