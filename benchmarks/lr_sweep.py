@@ -95,6 +95,8 @@ def main() -> None:
         print(f"| {arm_label(arm)} | " + " | ".join(cells) + (f" | {best:g} |" if best else " | – |"))
         ax.plot(list(losses), list(losses.values()), "o-", label=arm_label(arm))
     ax.set_xscale("log")
+    ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])  # the grid's lrs only: log minor-tick labels overlap
+    ax.minorticks_off()
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final validation loss (nats/token)")
     ax.set_title(f"{args.preset}, {args.train_tokens:,} tokens per run", fontsize=9)
