@@ -2,10 +2,11 @@
 # The 6M-token compute-matched evidence tier of docs/results.md on a CPU, continued from its committed record: the
 # script prepares the data (the 8k BPE of the Wikipedia extract and sequences of 256, the same tokenizer hash as the
 # record), merges docs/results/evidence-6m/results.json (`--merge_results`) and trains only the runs the record does
-# not hold, WORKERS at a time with one CPU thread each: pretraining and evaluation, no IIAD and no benchmark. The
-# arms include the paper's IIET (every layer iterating, `e-iiet=3,3,3,3`) beside the explicit-first-layer ones. Rerun
-# the script to continue: finished runs are skipped, interrupted ones resume from their checkpoints; a fresh machine
-# starts again from the record.
+# not hold, WORKERS at a time with one CPU thread each: pretraining, evaluation and IIAD (influence, plans and
+# distillation on the lowest seed of IIET r=3 and of the PCformer that has a checkpoint here; a student the record
+# holds is not distilled again), no benchmark. The arms include the paper's IIET (every layer iterating,
+# `e-iiet=3,3,3,3`) beside the explicit-first-layer ones. Rerun the script to continue: finished runs are skipped,
+# interrupted ones resume from their checkpoints; a fresh machine starts again from the record.
 # The report (results.md, results.json, figures) is copied to REPORT_DIR.
 # Usage: benchmarks/evidence6m_cpu.sh [OUTPUT_DIR] [REPORT_DIR]     (from the repository root)
 # env: DATA (raw text), WIKITEXT (dir with valid.raw, test.raw), RECORD (results.json to merge; empty: none),
@@ -30,7 +31,7 @@ mkdir -p "$out" "$reports"
 common=(--preset "${PRESET:-cpu-small}" --data "$out/data" --seq_len 256 --train_tokens "${TOKENS:-6000000}"
   --batch_tokens 4096 --micro_batch_size 16 --lr 1e-3 --warmup_ratio 0.05 --device cpu --workers "$workers"
   --eval_texts "[$wikitext/valid.raw, $wikitext/test.raw]" --eval_corpora '[builtin]'
-  --eval_documents "${EVAL_DOCUMENTS:-200}" --tier evidence --iiad false --bench false)
+  --eval_documents "${EVAL_DOCUMENTS:-200}" --tier evidence --iiad true --bench false)
 merge=()
 [ -n "$record" ] && merge=(--merge_results "[$record]")
 # e-iiet=3,3,3,3 is the paper's IIET r=3, every layer iterating: it keeps its plan in this explicit-first-layer study

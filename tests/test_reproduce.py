@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from iiet.errors import IIETError
 from iiet.study.reproduce import reproduce, run_study
@@ -254,6 +255,47 @@ def test_a_study_merges_the_results_of_another_whose_checkpoints_are_gone(tmp_pa
     refused(merge_results=[str(tmp_path / "other.json")])  # other data
     (tmp_path / "study.json").write_text(json.dumps({"wall_s": {}}))
     refused(merge_results=[str(tmp_path / "study.json")])  # not a results.json
+
+
+@pytest.mark.slow
+def test_iiad_teaches_with_the_first_seed_that_has_a_checkpoint_and_distils_a_plan_once(tmp_path):
+    """On a machine that has only the record of seed 0 (merged) IIAD's teacher is seed 1, trained here; a student
+    whose plan another student already has is not distilled again (E-IIET's plan can be the Lower Bound's)."""
+    import shutil
+
+    from iiet.study.compute import RESULTS_FILE
+
+    run_study(_small_study(tmp_path, "first", arms=["iiet-r3"], train_tokens=512, iiad=False))
+    kept = tmp_path / "kept.json"
+    shutil.copy(tmp_path / "first" / RESULTS_FILE, kept)
+    shutil.rmtree(tmp_path / "first" / "runs")
+    settings = dict(arms=["iiet-r3"], train_tokens=512, seeds=2, data=str(tmp_path / "first" / "data"),
+                    merge_results=[str(kept)], influence_segments=4, distill_fraction=0.25)
+    report = run_study(_small_study(tmp_path, "second", students=["lower-bound"], **settings)).read_text()
+    root = tmp_path / "second"
+    assert not (root / "runs" / "iiet-r3-s0").exists() and (root / "runs" / "iiet-r3-s1" / "final").is_dir()
+    plan = json.loads((root / "iiad" / "plan-lower-bound.json").read_text())
+    assert plan["model"]["path"] == str(root / "runs" / "iiet-r3-s1" / "final")
+    teacher = yaml.safe_load((root / "runs" / "lower-bound" / "train_config.yaml").read_text())["distill"]["teacher"]
+    assert teacher == plan["model"]["path"]
+    assert "measured on `iiet-r3-s1`" in report
+
+    shutil.copy(root / "iiad" / "plan-lower-bound.json", root / "iiad" / "plan-e-iiet.json")  # E-IIET = Lower Bound
+    report = run_study(_small_study(tmp_path, "second", students=["lower-bound", "e-iiet"], **settings)).read_text()
+    assert not (root / "runs" / "e-iiet").exists()  # not distilled again
+    state = json.loads((root / "study.json").read_text())
+    assert state["same_student"] == {"e-iiet": "lower-bound"}
+    assert state["eval"]["e-iiet"] == state["eval"]["lower-bound"] and state["eval"]["e-iiet"]["val"]["loss"] > 0
+    assert "the same plan as Lower Bound (IIAD): one student, distilled once" in report
+
+    # A study merging that record, with a teacher of its own (seed 2): the merged student is not distilled again.
+    third = dict(settings, seeds=3, merge_results=[str(root / RESULTS_FILE)], students=["lower-bound"])
+    report = run_study(_small_study(tmp_path, "third", **third)).read_text()
+    assert (tmp_path / "third" / "runs" / "iiet-r3-s2" / "final").is_dir()
+    assert not (tmp_path / "third" / "runs" / "lower-bound").exists()
+    assert not (tmp_path / "third" / "iiad" / "influence").exists()  # nothing to distil: nothing measured
+    ppl = state["eval"]["lower-bound"]["val"]["perplexity"]
+    assert f"| Lower Bound (IIAD) | {ppl:.2f} |" in report
 
 
 def test_the_report_names_the_command_that_regenerates_it():

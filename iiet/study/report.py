@@ -232,8 +232,13 @@ def write_report(study: Study) -> Path:
         lines += ["_IIAD not run (`--iiad false`)_", ""]
     for name, plan in plans.items():
         evals = plan.get("block_evaluations", {})
+        teacher = (plan.get("model") or {}).get("path")
+        same = state.get("same_student", {}).get(name)
         lines.append(f"- {_label(name)}: plan `{plan['iteration_plan']}`, block evaluations per token "
-                     f"{evals.get('before', '?')} -> {evals.get('after', '?')}")
+                     f"{evals.get('before', '?')} -> {evals.get('after', '?')}"
+                     + (f", measured on `{Path(teacher).parent.name}`" if teacher else "")
+                     + (f"; the same plan as {_label(same)}: one student, distilled once (its rows repeat "
+                        f"{_label(same)}'s)" if same else ""))
     lines += ["", _perplexity_table(study, IIAD_TEACHERS + IIAD_ROWS), _zero_shot_table(study, IIAD_TEACHERS + IIAD_ROWS)]
     if (figures / "iteration_influence.png").is_file():
         lines += ["![iteration influence](figures/iteration_influence.png)", ""]

@@ -100,16 +100,25 @@ def run_study(config: StudyConfig, command: str | None = None, observer=None) ->
     first_seeds = 1 if config.iiad or config.bench else config.seeds
     trained = study.timed("pretrain", _pretrain, study, first_seeds)
     study.timed("evaluate", _evaluate, study, trained)
-    if config.iiad and ("iiet-r3" in trained or any(arm in trained for arm in PCFORMER_TEACHERS)):
-        study.timed("iiad", _iiad, study, trained)
+    _iiad_if_taught(study)
     if config.bench:
         study.timed("bench", _bench, study)
     path = write_report(study)
     if config.seeds > first_seeds:
         trained = study.timed("pretrain", _pretrain, study, config.seeds)
         study.timed("evaluate", _evaluate, study, trained)
+        _iiad_if_taught(study)  # a teacher whose seed 0 was merged (no checkpoint here) is a later seed: now trained
         path = write_report(study)
     return path
+
+
+def _iiad_if_taught(study: Study) -> None:
+    """IIAD (``_iiad``, each step skipped once done) when the study has a teacher: the lowest seed of IIET r=3 or
+    of a PCformer arm with a checkpoint here (seed 0, unless it was merged from another study's record, whose
+    checkpoints are elsewhere or gone)."""
+    teachers = _finished(study, study.config.seeds) if study.config.iiad else {}
+    if "iiet-r3" in teachers or any(arm in teachers for arm in PCFORMER_TEACHERS):
+        study.timed("iiad", _iiad, study, teachers)
 
 
 def _device_name(device: str) -> str:
@@ -285,15 +294,21 @@ def _influence(study: Study, trained: dict[str, list[Path]], teacher: Path, fold
     path = iiad / folder / INFLUENCE_FILE
     if path.is_file():
         return path
+    # The held-out split, unless the data holds none (every document went to training: a corpus of a few documents).
+    meta = json.loads((study.data_dir / META_FILE).read_text())
+    split = "val" if meta.get("splits", {}).get("val", {}).get("num_sequences") else "train"
+    if split == "train":
+        print(f"[reproduce] {study.data_dir} has no held-out sequences: influence measured on the training split",
+              flush=True)
     compare = []
     if "transformer++" in trained:
         reference = iiad / "influence-transformer++" / INFLUENCE_FILE
         if not reference.is_file():
             measure_influence(str(trained["transformer++"][0]), str(study.data_dir), num_segments=c.influence_segments,
-                              output_dir=str(reference.parent), device=c.device, progress_bar=False)
+                              output_dir=str(reference.parent), split=split, device=c.device, progress_bar=False)
         compare.append(str(reference))
     measure_influence(str(teacher), str(study.data_dir), num_segments=c.influence_segments,
-                      output_dir=str(path.parent), device=c.device, compare=compare, progress_bar=False)
+                      output_dir=str(path.parent), split=split, device=c.device, compare=compare, progress_bar=False)
     return path
 
 
@@ -323,21 +338,32 @@ def distill_config(study: Study, name: str, teacher: Path, plan: Path | None, st
 
 def _iiad(study: Study, trained: dict[str, list[Path]]) -> None:
     """Influence of IIET r=3 -> E-IIET and Lower Bound plans -> distillation; the same for PCformer (its Lower
-    Bound is the explicit-Euler student: Distil PCformer)."""
+    Bound is the explicit-Euler student: Distil PCformer). ``trained``: the finished runs of each arm, lowest seed
+    first; the first is the teacher."""
     students = {}
     teacher = trained["iiet-r3"][0] if "iiet-r3" in trained else None
-    if teacher is not None:
+    rules = [rule for rule in study.config.students if rule not in study.merged]  # a merged student: not again
+    if teacher is not None and rules:
         influence_file = study.timed("iiad/influence", _influence, study, trained, teacher, "influence")
-        for rule in study.config.students:
+        for rule in rules:
             students[rule] = (teacher, _plan_file(study, influence_file, rule, rule), None)
     pcformer = next((trained[arm][0] for arm in PCFORMER_TEACHERS if arm in trained), None)
     if pcformer is not None:
-        students[DISTIL_PCFORMER] = (pcformer, None, resolve("transformer++", 1).scheme)
-        if "e-iiet" in study.config.students:
+        if DISTIL_PCFORMER not in study.merged:
+            students[DISTIL_PCFORMER] = (pcformer, None, resolve("transformer++", 1).scheme)
+        if "e-iiet" in study.config.students and PCFORMER_E_IIET not in study.merged:
             influence_file = study.timed("iiad/influence-pcformer", _influence, study, trained, pcformer,
                                          "influence-pcformer")
             students[PCFORMER_E_IIET] = (pcformer, _plan_file(study, influence_file, "e-iiet", PCFORMER_E_IIET), None)
+    distilled: dict[str, str] = {}  # the student made by each (teacher, plan, student scheme), once
     for name, (teacher_dir, plan_file, student_scheme) in students.items():
+        plan = None if plan_file is None else json.loads(plan_file.read_text())["iteration_plan"]
+        same = distilled.setdefault(json.dumps([str(teacher_dir), plan, student_scheme], sort_keys=True), name)
+        if same != name:  # e.g. E-IIET's plan is the Lower Bound's: the same student, distilled once
+            study.state.setdefault("same_student", {})[name] = same
+            study.state.setdefault("eval", {})[name] = json.loads(json.dumps(study.evaluations.get(same, {})))
+            study.save()
+            continue
         final = study.run_dir(name) / "final"
         if not _done(final):
             print(f"[reproduce] distill {name} -> {final.parent}", flush=True)

@@ -34,13 +34,13 @@ DISTIL_PCFORMER = "distil-pcformer"  # the Transformer++ distilled from the PCfo
 # that the paper's PCformer is stuck on at small scale); its E-IIET plan keeps the predictor orders that matter.
 PCFORMER_TEACHERS = ("pcformer-fl", "pcformer")
 PCFORMER_E_IIET = "pcformer-e-iiet"
-MULTI_SEED_ARMS = ("transformer++", "iiet-r3", "transformer++-flops")
 # Transformer++ at the compute of COMPUTE_REFERENCE (StudyConfig.compute_matched; iiet.study.compute).
 COMPUTE_REFERENCE = "iiet-r3"
 COMPUTE_MATCHED = {
     "transformer++-flops": "Transformer++ at IIET r=3's training FLOPs (more tokens)",
     "transformer++-deep": "Transformer++, deeper: IIET r=3's inference FLOPs per token",
 }
+MULTI_SEED_ARMS = ("transformer++", COMPUTE_REFERENCE, *COMPUTE_MATCHED)  # the arms of every verdict: every seed
 ZERO_SHOT_TASKS = ("lambada", "piqa", "hellaswag", "sciq", "arc_challenge", "winogrande")
 
 
@@ -80,7 +80,8 @@ class StudyConfig:
         micro_batch_size: sequences per forward/backward.
         lr: peak learning rate (cosine schedule, AdamW, weight decay 0.01, clipping 1.0 as Appendix B.1).
         warmup_ratio: warm-up fraction of the steps.
-        seeds: seeds for Transformer++ and IIET r=3 (the other arms use seed 0).
+        seeds: seeds for Transformer++, IIET r=3 and the compute-matched Transformer++ arms (the other arms use
+            seed 0).
         arms: which arms to train: names of the table of named models (``iiet bench --help`` lists them), by
             default transformer++, dlcl, pcformer, trans-ws, iiet-r1, iiet-r2, iiet-r3; e.g. ``pcformer-fl`` adds the
             PCformer with an explicit first layer.
