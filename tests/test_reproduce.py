@@ -162,6 +162,12 @@ def test_report_only_evaluates_the_finished_runs_and_trains_nothing(tmp_path):
     assert not (tmp_path / "study" / "runs" / "iiet-r3-s0").exists()
     assert set(json.loads((tmp_path / "study" / "study.json").read_text())["eval"]) == {"transformer++-s0"}
     assert "Transformer++" in report and "has not finished: no equal-compute verdict yet" in report
+    started = tmp_path / "study" / "runs" / "iiet-r3-s0"  # a run started a moment ago: nothing logged yet
+    started.mkdir(parents=True)
+    (started / "metrics.jsonl").write_text("")
+    report = run_study(_small_study(tmp_path, "study", arms=["transformer++", "iiet-r3"], train_tokens=512,
+                                    report_only=True)).read_text()
+    assert "Transformer++" in report and "has not finished: no equal-compute verdict yet" in report
 
 
 def test_an_arm_that_names_its_plan_keeps_it_beside_the_explicit_first_layer_arms(tmp_path):
