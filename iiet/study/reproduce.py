@@ -364,6 +364,7 @@ def _iiad(study: Study, trained: dict[str, list[Path]]) -> None:
             study.state.setdefault("eval", {})[name] = json.loads(json.dumps(study.evaluations.get(same, {})))
             study.save()
             continue
+        study.state.get("same_student", {}).pop(name, None)  # (a plan that has changed since)
         final = study.run_dir(name) / "final"
         if not _done(final):
             print(f"[reproduce] distill {name} -> {final.parent}", flush=True)
