@@ -9,7 +9,7 @@ import yaml
 
 from iiet.errors import IIETError
 from iiet.study.reproduce import reproduce, run_study
-from iiet.study.study import StudyConfig
+from iiet.study.study import Study, StudyConfig
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. Robert Boulter is an English film, television and theatre actor. "
@@ -34,7 +34,7 @@ def test_reproduce_runs_every_step_and_resumes(tmp_path):
     for section in ("Pretraining: perplexity", "Iterations r", "IIAD: plans and distillation", "Inference"):
         assert section in text
     state = json.loads((tmp_path / "study" / "study.json").read_text())
-    assert {"iiet-r3-s0", "e-iiet", "lower-bound"} <= set(state["eval"])
+    assert {"iiet-r3-s0", "e-iiet", "lower-bound"} <= set(Study(config).evaluations)
     assert state["eval"]["iiet-r3-s0"]["texts"][str(held_out)]["bits_per_byte"] > 0
     assert (tmp_path / "study" / "figures" / "iteration_influence.png").is_file()
     assert "Lower Bound (IIAD)" in text and "plan `[0, 0, 0, 0]`" in text and "explicit first layer" in text
@@ -291,7 +291,9 @@ def test_iiad_teaches_with_the_first_seed_that_has_a_checkpoint_and_distils_a_pl
     assert not (root / "runs" / "e-iiet").exists()  # not distilled again
     state = json.loads((root / "study.json").read_text())
     assert state["same_student"] == {"e-iiet": "lower-bound"}
-    assert state["eval"]["e-iiet"] == state["eval"]["lower-bound"] and state["eval"]["e-iiet"]["val"]["loss"] > 0
+    assert "e-iiet" not in state["eval"]  # its evaluation is the student's it shares
+    evaluations = Study(_small_study(tmp_path, "second", students=["lower-bound", "e-iiet"], **settings)).evaluations
+    assert evaluations["e-iiet"] == evaluations["lower-bound"] and evaluations["e-iiet"]["val"]["loss"] > 0
     assert "the same plan as Lower Bound (IIAD): one student, distilled once" in report
 
     # A study merging that record, with a teacher of its own (seed 2): the merged student is not distilled again.

@@ -16,7 +16,7 @@ from iiet.study.compute import runs_table, write_results
 from iiet.study.study import (COMPUTE_MATCHED, COMPUTE_REFERENCE, MULTI_SEED_ARMS, PCFORMER_E_IIET,
                               PCFORMER_TEACHERS, Study, arm_label, machine, mean_spread,
                               training_settings)
-from iiet.train.metrics import read_metrics
+from iiet.train.metrics import has_loss_records, read_metrics
 from iiet.train.plots import plot_loss_curves
 
 R_SWEEP = ("dlcl", "iiet-r1", "iiet-r2", "iiet-r3")  # r = 0 .. 3 (Table 5, Figure 2)
@@ -176,7 +176,7 @@ def write_report(study: Study) -> Path:
     # The runs that have logged a step (one started a moment ago has an empty metrics.jsonl: a report of a study in
     # progress leaves it out)
     runs = sorted(p for p in (study.root / "runs").glob("*") if (p / "metrics.jsonl").is_file()
-                  and any("loss" in r or "val_loss" in r for r in read_metrics(p)))
+                  and has_loss_records(read_metrics(p)))
     if runs:
         plot_loss_curves([str(p) for p in runs], output=str(figures / "loss_curves.png"))
     r_sweep = _figure_r_sweep(study, figures / "ppl_vs_r.png")

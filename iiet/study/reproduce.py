@@ -31,7 +31,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from iiet.bench.commands import render, run_benchmark
-from iiet.data.packed import META_FILE
+from iiet.data.packed import META_FILE, load_meta
 from iiet.eval.harness import evaluate
 from iiet.iiad.distill import DistillConfig, DistillTrainConfig, distill
 from iiet.iiad.influence import Influence
@@ -161,7 +161,7 @@ def _compute_matched_config(study: Study, arm: str, seed: int) -> TrainConfig:
     c = study.config
     base = train_config(study, "transformer++", seed)
     reference = train_config(study, COMPUTE_REFERENCE, seed)
-    meta = json.loads((study.data_dir / META_FILE).read_text())
+    meta = load_meta(study.data_dir)
     ref_config = build_model_config(reference.model.preset, reference.model.scheme, meta["vocab_size"],
                                     dict(reference.model.overrides), meta)
     if arm == "transformer++-flops":
@@ -226,7 +226,7 @@ def _pretrain_parallel(study: Study, pending: list[tuple[str, TrainConfig]]) -> 
     each process with its share of the CPU threads; a failed run stops the study with its own error."""
     workers = min(study.config.workers, len(pending))
     threads = max(1, torch.get_num_threads() // workers)
-    vocab_size = json.loads((study.data_dir / META_FILE).read_text())["vocab_size"]
+    vocab_size = load_meta(study.data_dir)["vocab_size"]
     pending = sorted(pending, key=lambda item: -_training_cost(item[1], vocab_size))
     print(f"[reproduce] pretrain {len(pending)} runs, {workers} at a time ({threads} CPU thread(s) each): "
           + ", ".join(name for name, _ in pending), flush=True)
@@ -295,7 +295,7 @@ def _influence(study: Study, trained: dict[str, list[Path]], teacher: Path, fold
     if path.is_file():
         return path
     # The held-out split, unless the data holds none (every document went to training: a corpus of a few documents).
-    meta = json.loads((study.data_dir / META_FILE).read_text())
+    meta = load_meta(study.data_dir)
     split = "val" if meta.get("splits", {}).get("val", {}).get("num_sequences") else "train"
     if split == "train":
         print(f"[reproduce] {study.data_dir} has no held-out sequences: influence measured on the training split",
@@ -360,8 +360,7 @@ def _iiad(study: Study, trained: dict[str, list[Path]]) -> None:
         plan = None if plan_file is None else json.loads(plan_file.read_text())["iteration_plan"]
         same = distilled.setdefault(json.dumps([str(teacher_dir), plan, student_scheme], sort_keys=True), name)
         if same != name:  # e.g. E-IIET's plan is the Lower Bound's: the same student, distilled once
-            study.state.setdefault("same_student", {})[name] = same
-            study.state.setdefault("eval", {})[name] = json.loads(json.dumps(study.evaluations.get(same, {})))
+            study.state.setdefault("same_student", {})[name] = same  # its evaluation is that one's (Study.evaluations)
             study.save()
             continue
         study.state.get("same_student", {}).pop(name, None)  # (a plan that has changed since)

@@ -299,9 +299,15 @@ class Study:
 
     @property
     def evaluations(self) -> dict[str, Any]:
-        """Evaluation results by run: this study's (``study.json``) and those of the merged runs."""
+        """Evaluation results by run: this study's (``study.json``), those of the merged runs and of the students
+        named twice."""
         merged = {name: row["evaluation"] for name, row in self.merged.items() if row.get("evaluation")}
-        return {**self.state.get("eval", {}), **merged}
+        evaluations = {**self.state.get("eval", {}), **merged}
+        # A student distilled once for two plans (``same_student``): the other name shares its evaluation.
+        for name, same in self.state.get("same_student", {}).items():
+            if same in evaluations:
+                evaluations[name] = evaluations[same]
+        return evaluations
 
     def save(self) -> None:
         self.state_file.write_text(json.dumps(self.state, indent=2, default=str))

@@ -92,3 +92,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def has_loss_records(records: list[dict[str, Any]]) -> bool:
+    """Whether a run's metrics (``read_metrics``) hold a training or validation loss: it has logged a step."""
+    return any("loss" in r or "val_loss" in r for r in records)

@@ -11,7 +11,7 @@ from iiet.models.names import label_of
 from iiet.outputs import check_writable
 from iiet.plotting import distinct_colors, pyplot, save_figure
 from iiet.train.checkpoint import STATE_FILE, list_checkpoints
-from iiet.train.metrics import CROSS_ENTROPY, METRICS_FILE, read_metrics
+from iiet.train.metrics import CROSS_ENTROPY, METRICS_FILE, has_loss_records, read_metrics
 from iiet.train.trainer import FINAL_DIR
 
 FEW_POINTS = 30  # curves with fewer points get markers: a lone point is invisible as a line
@@ -55,7 +55,7 @@ def loss_curves_figure(runs: list[str], labels: list[str] | None = None, x_axis:
             raise IIETError(f"{metrics_file} does not exist; give run directories that hold a {METRICS_FILE}.")
     all_records = [read_metrics(metrics_file) for metrics_file in metrics_files]
     for metrics_file, records in zip(metrics_files, all_records):
-        if not any("loss" in r or "val_loss" in r for r in records):
+        if not has_loss_records(records):
             raise IIETError(f"{metrics_file} holds no loss records yet; plot runs that have logged a step.")
     coordinate, scale, x_label = x_axis, 1.0, X_LABELS.get(x_axis)
     if x_axis == "time":
